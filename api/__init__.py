@@ -1,0 +1,1 @@
+"""The service layer: composes the optimizer, the cache and the pipelines (CLI, REST API)."""

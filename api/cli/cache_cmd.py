@@ -1,0 +1,72 @@
+"""``eeipu cache ls|gc|rm``: inspect and maintain the stage cache."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from api.cli.common import add_cache_arg, emit_json, open_cache_from
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("cache", help="inspect and maintain the stage cache")
+    csub = p.add_subparsers(dest="cache_cmd", required=True, parser_class=type(p))
+    ls = csub.add_parser("ls", help="list cached stage outputs")
+    ls.add_argument("--pipeline", default=None)
+    ls.add_argument("--json", action="store_true")
+    add_cache_arg(ls)
+    ls.set_defaults(func=_ls)
+    gc = csub.add_parser("gc", help="remove temporaries/orphans, verify, enforce the budget")
+    gc.add_argument("--verify", action="store_true", help="check every entry's checksums")
+    gc.add_argument("--tmp-grace", type=float, default=3600.0, help="seconds (default 3600)")
+    gc.add_argument("--json", action="store_true")
+    add_cache_arg(gc)
+    gc.set_defaults(func=_gc)
+    rm = csub.add_parser("rm", help="evict entries by key")
+    rm.add_argument("keys", nargs="+")
+    add_cache_arg(rm)
+    rm.set_defaults(func=_rm)
+
+
+def _ls(args: argparse.Namespace) -> int:
+    c = open_cache_from(args)
+    ents = [e for e in c.entries() if args.pipeline is None or e.pipeline == args.pipeline]
+    if args.json:
+        emit_json(
+            {
+                "entries": [e.to_dict() for e in ents],
+                "bytes": sum(e.bytes for e in ents),
+                "hits": sum(e.hits for e in ents),
+                "compute_seconds_saved": sum(e.hits * e.compute_cost for e in ents),
+            }
+        )
+        return 0
+    for e in sorted(ents, key=lambda e: e.created):
+        age = time.time() - e.created
+        print(
+            f"{e.key[:12]} {e.pipeline:<18} {e.stage:<16} {e.bytes:>12} B "
+            f"cost={e.compute_cost:.3f}s hits={e.hits} age={age:.0f}s"
+        )
+    print(f"{len(ents)} entries, {sum(e.bytes for e in ents)} bytes")
+    return 0
+
+
+def _gc(args: argparse.Namespace) -> int:
+    if args.tmp_grace < 0:
+        raise ValueError("--tmp-grace must be >= 0")
+    c = open_cache_from(args)
+    res = c.gc(tmp_grace=args.tmp_grace, verify=args.verify)
+    if args.json:
+        emit_json(res)
+    else:
+        print(" ".join(f"{k}={v}" for k, v in res.items()))
+    return 0
+
+
+def _rm(args: argparse.Namespace) -> int:
+    c = open_cache_from(args)
+    missing = [k for k in args.keys if not c.delete(k)]
+    if missing:
+        raise ValueError(f"no such cache entries: {', '.join(missing)}")
+    return 0
