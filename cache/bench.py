@@ -14,7 +14,9 @@ from cache.keys import root_key, stage_key
 from cache.store import StageCache
 
 
-def bench_cache(size_mb: int = 100, repeats: int = 21, location: str | None = None) -> dict[str, Any]:
+def bench_cache(
+    size_mb: int = 100, repeats: int = 21, location: str | None = None
+) -> dict[str, Any]:
     """Median warm hit time over ``repeats`` against ``numpy.load`` of the same bytes.
 
     Both read the same float32 array from the page cache (warm), interleaved run by run so

@@ -75,7 +75,12 @@ def encode(obj: Any, meta: dict[str, Any], secret: bytes) -> Encoded:
     header["mac"] = _mac(secret, body)
     hbytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     first = MAGIC + struct.pack("<Q", len(hbytes)) + hbytes
-    chunks: list[bytes | memoryview] = [first, _PAD[: _pad(len(first))], data, _PAD[: _pad(len(data))]]
+    chunks: list[bytes | memoryview] = [
+        first,
+        _PAD[: _pad(len(first))],
+        data,
+        _PAD[: _pad(len(data))],
+    ]
     for r in raws:
         chunks.append(r)
         chunks.append(_PAD[: _pad(r.nbytes)])
@@ -122,7 +127,7 @@ def decode(f: BinaryIO, secret: bytes) -> tuple[Any, dict[str, Any]]:
         if len(hashes) != max(1, -(-n // seg)):
             raise CorruptEntry("bad segment table")
         arr = np.empty(n, dtype=np.uint8)
-        mv = memoryview(arr)
+        mv = arr.data
         if fd is not None:
             _pread_verify(fd, mv, off, seg, hashes)
         else:

@@ -167,9 +167,7 @@ class StageCache:
                 load_seconds if prev is None else 0.5 * float(prev) + 0.5 * load_seconds
             )
         with contextlib.suppress(OSError):
-            self.backend.write_atomic(
-                self._stats(key), [json.dumps(st).encode()], durable=False
-            )
+            self.backend.write_atomic(self._stats(key), [json.dumps(st).encode()], durable=False)
         return st
 
     def get(self, key: str) -> Hit | None:

@@ -45,7 +45,10 @@ class Param(ABC):
     JSON-serialisable form used in cache keys.
     """
 
-    dims: int = 1
+    @property
+    def dims(self) -> int:
+        """Width of the unit representation."""
+        return 1
 
     @abstractmethod
     def canonical(self, value: Any) -> Scalar: ...
@@ -197,7 +200,7 @@ class Categorical(Param):
             raise ValueError(f"Categorical choices must be distinct, got {list(self.choices)}")
 
     @property  # type: ignore[override]
-    def dims(self) -> int:  # noqa: D401 - property named like the base attribute
+    def dims(self) -> int:
         return len(self.choices)
 
     def _index(self, value: Any) -> int:

@@ -1,6 +1,6 @@
 """Staged pipelines: define them, run one configuration through the stage cache.
 
-    from pipelines import Pipeline, Stage, Float, Int, Categorical, Cost
+from pipelines import Pipeline, Stage, Float, Int, Categorical, Cost
 """
 
 from __future__ import annotations

@@ -303,7 +303,12 @@ class Pipeline:
             hit = cache.get(key)  # another worker may have computed it meanwhile
             if hit is not None:
                 rec = StageRecord(
-                    stage.name, key, True, 0.0, hit.load_seconds, hit.info.bytes,
+                    stage.name,
+                    key,
+                    True,
+                    0.0,
+                    hit.load_seconds,
+                    hit.info.bytes,
                     hit.info.compute_cost,
                 )
                 return rec, hit.value
@@ -339,9 +344,7 @@ class Pipeline:
         return out
 
     # ------------------------------------------------------------------ cache queries
-    def cached_prefixes(
-        self, cache: StageCache, seed: int | None = None
-    ) -> list[dict[str, Any]]:
+    def cached_prefixes(self, cache: StageCache, seed: int | None = None) -> list[dict[str, Any]]:
         """Every proper prefix of this pipeline the cache holds now, as plain data.
 
         Each item: ``depth`` (stages reused), ``params`` (``{stage: params}`` for the first
@@ -355,9 +358,7 @@ class Pipeline:
         for e in ents:
             by_parent.setdefault((e.parent, e.stage), []).append(e)
         out: list[dict[str, Any]] = []
-        frontier: list[tuple[str, dict[str, dict[str, Any]], float]] = [
-            (self.root(seed), {}, 0.0)
-        ]
+        frontier: list[tuple[str, dict[str, dict[str, Any]], float]] = [(self.root(seed), {}, 0.0)]
         for d, stage in enumerate(self.stages[:-1], start=1):
             nxt = []
             for parent, params, saved in frontier:

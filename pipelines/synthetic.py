@@ -33,9 +33,7 @@ _HART_ALPHA = [1.0, 1.2, 3.0, 3.2]
 def beale(x: Sequence[float]) -> float:
     x1, x2 = x
     return (
-        (1.5 - x1 + x1 * x2) ** 2
-        + (2.25 - x1 + x1 * x2**2) ** 2
-        + (2.625 - x1 + x1 * x2**3) ** 2
+        (1.5 - x1 + x1 * x2) ** 2 + (2.25 - x1 + x1 * x2**2) ** 2 + (2.625 - x1 + x1 * x2**3) ** 2
     )
 
 
@@ -69,9 +67,7 @@ _G: dict[str, Callable[[float], float]] = {
 }
 
 
-def _make_stage(
-    idx: int, fname: str, rng: random.Random, last: bool, n_stages: int
-) -> Stage:
+def _make_stage(idx: int, fname: str, rng: random.Random, last: bool, n_stages: int) -> Stage:
     func, bounds = _FUNCS[fname]
     dims = len(bounds)
     names = [f"x{d}" for d in range(dims)]

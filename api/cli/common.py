@@ -16,9 +16,7 @@ def add_cache_arg(p: Any) -> None:
         help="cache location: a directory or an fsspec URL (default: $EEIPU_CACHE or "
         "./eeipu-data/cache)",
     )
-    p.add_argument(
-        "--cache-max-bytes", type=int, default=None, help="cache size budget in bytes"
-    )
+    p.add_argument("--cache-max-bytes", type=int, default=None, help="cache size budget in bytes")
 
 
 def open_cache_from(args: Any) -> Any:

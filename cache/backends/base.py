@@ -48,8 +48,9 @@ class CacheBackend(ABC):
     def list(self, reldir: str) -> list[tuple[str, int, float]]: ...
 
     @abstractmethod
-    def lock(self, name: str, timeout: float = 600.0) -> contextlib.AbstractContextManager[None]:
-        ...
+    def lock(
+        self, name: str, timeout: float = 600.0
+    ) -> contextlib.AbstractContextManager[None]: ...
 
     @abstractmethod
     def cleanup_tmp(self, older_than: float) -> int:

@@ -50,7 +50,7 @@ class LocalBackend(CacheBackend):
         return n
 
     def open_read(self, relpath: str) -> BinaryIO:
-        return open(self._p(relpath), "rb", buffering=0)  # noqa: SIM115 - caller closes
+        return open(self._p(relpath), "rb", buffering=0)
 
     def exists(self, relpath: str) -> bool:
         return self._p(relpath).is_file()
