@@ -89,6 +89,9 @@ class StageCache:
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._secret = self._load_secret()
         self.events: list[str] = []  # human-readable warnings (corruption, evictions) for reports
+        # Headers are immutable for a key (same key, same bytes), so listing can skip re-reading
+        # them; presence is always taken from the backend's listing, never from this memo.
+        self._headers: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ paths and secret
     @staticmethod
@@ -117,8 +120,13 @@ class StageCache:
     def contains(self, key: str) -> bool:
         return self.backend.exists(self._obj(key))
 
-    def info(self, key: str) -> EntryInfo | None:
-        """Metadata of one entry (header only, nothing unpickled), or None if absent/corrupt."""
+    def info(self, key: str, listed: bool = False) -> EntryInfo | None:
+        """Metadata of one entry (header only, nothing unpickled), or None if absent/corrupt.
+
+        ``listed=True`` means the caller has just seen the file in a listing, so a memoised
+        header may be used instead of opening it again."""
+        if listed and key in self._headers:
+            return self._info_from(self._headers[key], key)
         try:
             with self.backend.open_read(self._obj(key)) as f:
                 header, _ = fmt.read_header(f, self._secret)
@@ -127,6 +135,7 @@ class StageCache:
         except fmt.CorruptEntry as e:
             self._drop_corrupt(key, str(e))
             return None
+        self._headers[key] = header
         return self._info_from(header, key)
 
     def _info_from(
@@ -233,6 +242,7 @@ class StageCache:
         """Remove an entry (stats first, so an interruption never leaves an orphan stats file
         pointing at nothing visible)."""
         existed = self.contains(key)
+        self._headers.pop(key, None)
         self.backend.delete(self._stats(key))
         self.backend.delete(self._obj(key))
         return existed
@@ -279,7 +289,7 @@ class StageCache:
     def entries(self) -> list[EntryInfo]:
         out = []
         for k in self.keys():
-            i = self.info(k)
+            i = self.info(k, listed=True)
             if i is not None:
                 out.append(i)
         return out

@@ -381,6 +381,32 @@ class Pipeline:
             frontier = nxt
         return out
 
+    def prefix_status(
+        self,
+        params: Mapping[str, Mapping[str, Any]],
+        cache: StageCache,
+        seed: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """For one configuration: which of its prefixes are cached now, and what loading each
+        would cost. One item per stage: ``depth``, ``key``, ``cached``, ``load_seconds``,
+        ``compute_seconds`` (None when not cached)."""
+        p = self.canonical(params)
+        ents = {e.key: e for e in cache.entries()}
+        bw = cache.read_bandwidth(ents.values())
+        out = []
+        for d, key in enumerate(self.keys(p, seed), start=1):
+            e = ents.get(key)
+            out.append(
+                {
+                    "depth": d,
+                    "key": key,
+                    "cached": e is not None,
+                    "load_seconds": cache.estimate_load_seconds(e, bw) if e else None,
+                    "compute_seconds": e.compute_cost if e else None,
+                }
+            )
+        return out
+
     def keys_prefix(
         self, params: Mapping[str, Mapping[str, Any]], depth: int, seed: int | None = None
     ) -> str:

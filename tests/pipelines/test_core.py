@@ -230,3 +230,13 @@ def test_objective_missing_from_metrics(cache: StageCache) -> None:
     p = Pipeline("m", [Stage("a", lambda parent: {"other": 1.0})], objective="value")
     with pytest.raises(KeyError, match="objective"):
         p.run({"a": {}}, cache=cache)
+
+
+def test_prefix_status_of_one_configuration(cache: StageCache) -> None:
+    p = make_toy(Counter())
+    p.run(CFG, cache=cache)
+    st = p.prefix_status(_with(score={"t": 0.5}), cache)
+    assert [x["cached"] for x in st] == [True, True, False]
+    assert st[1]["load_seconds"] > 0 and st[2]["load_seconds"] is None
+    st = p.prefix_status(_with(fit={"lr": 0.02}), cache)
+    assert [x["cached"] for x in st] == [True, False, False]
