@@ -1,0 +1,180 @@
+"""Unlearning losses (Forget-MI, MultiDelete, SCRUB) and the forget-input perturbation.
+
+Notation: ``ul`` = model being unlearned, ``og`` = frozen original, ``f`` = forget batch,
+``r`` = retain batch, ``f~`` = perturbed copy of ``f``; ``[a; b]`` = concatenation along features;
+``G`` = the model's own fusion gate (``FusionNet.fuse``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from pipelines.unlearning.model import FusionNet
+
+__all__ = [
+    "FORGETMI_TERMS",
+    "batch_distance",
+    "forgetmi_losses",
+    "forgetmi_objective",
+    "multidelete_losses",
+    "normalise_weights",
+    "perturb",
+    "scrub_kl",
+]
+
+FORGETMI_TERMS = ("uu", "ur", "mu", "mr")
+
+
+def batch_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``d(a, b) = (1/B) sum_j ||a_j - b_j||_2`` for ``B x h`` tensors (a scalar).
+
+    Computed as ``sqrt(sum_sq + 1e-12)`` so the gradient is finite at ``a == b``; it is (near)
+    zero there, which is why a push-away loss started from an exact copy does not move.
+    """
+    return torch.sqrt(((a - b) ** 2).sum(dim=1) + 1e-12).mean()
+
+
+def perturb(
+    xi: torch.Tensor,
+    xt: torch.Tensor,
+    noise_mean: float,
+    noise_std: float,
+    text_drop: float,
+    gen: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forget-MI's input perturbation, for feature-vector modalities.
+
+    Image side: ``x~_i = x_i + N(mean, std^2)`` (features are standardised, so ``std`` is in
+    units of a feature's training spread). Text side: the same Gaussian noise, then each
+    feature is zeroed (= set to its training mean, the analogue of keyword masking / word
+    deletion) with probability ``text_drop``.
+    """
+    dev = xi.device
+
+    def noise(x: torch.Tensor) -> torch.Tensor:
+        z = torch.randn(x.shape, generator=gen, device="cpu").to(dev)
+        return x + noise_mean + noise_std * z
+
+    ni = noise(xi)
+    nt = noise(xt)
+    if text_drop > 0:
+        keep = (torch.rand(xt.shape, generator=gen, device="cpu") >= text_drop).to(dev)
+        nt = nt * keep.to(nt.dtype)
+    return ni, nt
+
+
+def normalise_weights(w: Mapping[str, float]) -> dict[str, float]:
+    """Weights divided by their sum (all zero -> equal weights)."""
+    tot = sum(max(0.0, float(v)) for v in w.values())
+    if tot <= 0:
+        return {k: 1.0 / len(w) for k in w}
+    return {k: max(0.0, float(v)) / tot for k, v in w.items()}
+
+
+def forgetmi_losses(
+    ul: FusionNet,
+    og: FusionNet,
+    xi_f: torch.Tensor,
+    xt_f: torch.Tensor,
+    xi_fn: torch.Tensor,
+    xt_fn: torch.Tensor,
+    xi_r: torch.Tensor,
+    xt_r: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """The four Forget-MI distances (unsigned):
+
+    * ``uu`` = d([F_ul(I_f); F_ul(T_f)], [F_og(I~_f); F_og(T~_f)])
+    * ``mu`` = d(G_ul(F_ul(I_f), F_ul(T_f)), G_og(F_og(I~_f), F_og(T~_f)))
+    * ``ur`` = d([F_ul(I_r); F_ul(T_r)], [F_og(I_r); F_og(T_r)])
+    * ``mr`` = d(G_ul(F_ul(I_r), F_ul(T_r)), G_og(F_og(I_r), F_og(T_r)))
+
+    Without noise pass ``xi_fn = xi_f`` and ``xt_fn = xt_f``.
+    """
+    zi_f, zt_f = ul.encode(xi_f, xt_f)
+    zi_r, zt_r = ul.encode(xi_r, xt_r)
+    with torch.no_grad():
+        oi_f, ot_f = og.encode(xi_fn, xt_fn)
+        oi_r, ot_r = og.encode(xi_r, xt_r)
+        oh_f = og.fuse(oi_f, ot_f)
+        oh_r = og.fuse(oi_r, ot_r)
+    return {
+        "uu": batch_distance(torch.cat([zi_f, zt_f], 1), torch.cat([oi_f, ot_f], 1)),
+        "mu": batch_distance(ul.fuse(zi_f, zt_f), oh_f),
+        "ur": batch_distance(torch.cat([zi_r, zt_r], 1), torch.cat([oi_r, ot_r], 1)),
+        "mr": batch_distance(ul.fuse(zi_r, zt_r), oh_r),
+    }
+
+
+def forgetmi_objective(
+    d: Mapping[str, torch.Tensor],
+    weights: Mapping[str, float],
+    use_noise: bool,
+    margin: float,
+) -> torch.Tensor:
+    """``L = a*L_UR + b*L_UU + th*L_MU + g*L_MR`` with normalised weights.
+
+    ``L_UU = s * d_uu`` and ``L_MU = s * d_mu`` with ``s = +1`` with noise (pull toward the
+    original's embeddings of perturbed inputs) and ``s = -1`` without (push away). The push-away
+    distances are capped by the margin ``m``: ``L_UU = -min(d_uu, m)``, so the objective is
+    bounded below and the retention terms ``L_UR = d_ur``, ``L_MR = d_mr`` keep the rest of the
+    model in place once the forget embeddings are ``m`` away.
+    """
+    w = normalise_weights({k: weights.get(k, 0.0) for k in FORGETMI_TERMS})
+    if use_noise:
+        uu, mu = d["uu"], d["mu"]
+    else:
+        uu = -torch.clamp(d["uu"], max=margin)
+        mu = -torch.clamp(d["mu"], max=margin)
+    return w["ur"] * d["ur"] + w["uu"] * uu + w["mu"] * mu + w["mr"] * d["mr"]
+
+
+def multidelete_losses(
+    ul: FusionNet,
+    og: FusionNet,
+    xi_f: torch.Tensor,
+    xt_f: torch.Tensor,
+    xi_r: torch.Tensor,
+    xt_r: torch.Tensor,
+    unimodal: str = "both",
+) -> dict[str, torch.Tensor]:
+    """MultiDelete's three losses (``h`` = fused representation, ``pi`` = roll of the batch):
+
+    * ``md``  = MSE(h_ul(I_f, T_f), h_og(I_f, T_pi(f)))   modality decoupling
+    * ``mkr`` = MSE(h_ul(I_r, T_r), h_og(I_r, T_r))       multimodal knowledge retention
+    * ``ukr`` = MSE(enc_ul(X_f), enc_og(X_f))             unimodal knowledge retention, on the
+      image side, the text side or both (``unimodal``)
+
+    Rolling by one (rather than a random shuffle) guarantees every forget pair is mismatched.
+    """
+    b = xi_f.shape[0]
+    perm = torch.roll(torch.arange(b, device=xi_f.device), 1) if b > 1 else None
+    zi_f, zt_f = ul.encode(xi_f, xt_f)
+    zi_r, zt_r = ul.encode(xi_r, xt_r)
+    with torch.no_grad():
+        oi_f, ot_f = og.encode(xi_f, xt_f)
+        ot_mis = ot_f[perm] if perm is not None else torch.zeros_like(ot_f)
+        oh_mis = og.fuse(oi_f, ot_mis)
+        oi_r, ot_r = og.encode(xi_r, xt_r)
+        oh_r = og.fuse(oi_r, ot_r)
+    ukr_terms = []
+    if unimodal in ("image", "both"):
+        ukr_terms.append(F.mse_loss(zi_f, oi_f))
+    if unimodal in ("text", "both"):
+        ukr_terms.append(F.mse_loss(zt_f, ot_f))
+    if not ukr_terms:
+        raise ValueError(f"unimodal must be 'image', 'text' or 'both', got {unimodal!r}")
+    return {
+        "md": F.mse_loss(ul.fuse(zi_f, zt_f), oh_mis),
+        "mkr": F.mse_loss(ul.fuse(zi_r, zt_r), oh_r),
+        "ukr": torch.stack(ukr_terms).mean(),
+    }
+
+
+def scrub_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float) -> torch.Tensor:
+    """``KL(p_teacher || p_student)`` at temperature ``t`` (batch mean), as SCRUB uses it."""
+    log_ps = F.log_softmax(student_logits / t, dim=1)
+    log_pt = F.log_softmax(teacher_logits / t, dim=1)
+    return (log_pt.exp() * (log_pt - log_ps)).sum(dim=1).mean()

@@ -1,0 +1,369 @@
+"""Unlearning methods: each starts from the original model and returns new weights.
+
+Every method takes ``(orig, feats, seed, device, **params)`` and returns an ``Unlearned``
+whose ``seconds`` is the method's own wall time (model copy + updates), the figure compared
+with retraining's.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipelines.unlearning.features import Features
+from pipelines.unlearning.losses import (
+    forgetmi_losses,
+    forgetmi_objective,
+    multidelete_losses,
+    perturb,
+    scrub_kl,
+)
+from pipelines.unlearning.model import (
+    FusionNet,
+    TrainedModel,
+    build,
+    layer_groups,
+    resolve_device,
+    state_cpu,
+)
+
+__all__ = ["METHODS", "Unlearned", "run_method"]
+
+
+@dataclass
+class Unlearned:
+    state: dict[str, Any]
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class _Data:
+    """Forget / retain tensors on the device, and seeded batch iterators."""
+
+    def __init__(self, feats: Features, dev: torch.device, seed: int) -> None:
+        s = feats.split
+
+        def t(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            return (
+                torch.as_tensor(feats.image[idx], device=dev),
+                torch.as_tensor(feats.text[idx], device=dev),
+                torch.as_tensor(feats.y[idx], device=dev),
+            )
+
+        self.f = t(s.forget)
+        self.r = t(s.retain)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.dev = dev
+
+    def batches(
+        self, part: tuple[torch.Tensor, ...], bs: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        n = part[0].shape[0]
+        perm = torch.randperm(n, generator=self.gen).to(self.dev)
+        for s in range(0, n, bs):
+            b = perm[s : s + bs]
+            yield part[0][b], part[1][b], part[2][b]
+
+    def sample(
+        self, part: tuple[torch.Tensor, ...], bs: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = part[0].shape[0]
+        b = torch.randint(0, n, (min(bs, n),), generator=self.gen).to(self.dev)
+        return part[0][b], part[1][b], part[2][b]
+
+
+def _start(
+    orig: TrainedModel, device: str, seed: int
+) -> tuple[FusionNet, FusionNet, torch.device]:
+    torch.manual_seed(seed)
+    dev = resolve_device(device)
+    og = build(orig.cfg, orig.state, device=device)
+    og.eval()
+    for p in og.parameters():
+        p.requires_grad_(False)
+    ul = copy.deepcopy(og)
+    for p in ul.parameters():
+        p.requires_grad_(True)
+    return og, ul, dev
+
+
+def _done(ul: FusionNet, t0: float, dev: torch.device, **info: Any) -> Unlearned:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return Unlearned(state_cpu(ul), time.perf_counter() - t0, dict(info))
+
+
+def _adamw(params: Any, lr: float, wd: float = 0.01) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+
+
+# ---------------------------------------------------------------- Forget-MI
+def forget_mi(
+    orig: TrainedModel,
+    feats: Features,
+    seed: int,
+    device: str,
+    lr: float = 1e-3,
+    epochs: int = 5,
+    batch_size: int = 32,
+    w_uu: float = 0.1,
+    w_ur: float = 0.1,
+    w_mu: float = 0.4,
+    w_mr: float = 0.4,
+    use_noise: bool = False,
+    noise_mean: float = 0.0,
+    noise_std: float = 1.0,
+    text_noise: float = 0.3,
+    margin: float = 5.0,
+    init_noise: float = 1e-2,
+) -> Unlearned:
+    """Forget-MI: four embedding-distance losses, AdamW, one optimizer step per forget batch.
+
+    Each step pairs a forget batch with a random retain batch of the same size. Because the
+    push-away distances are zero (and so is their gradient) when ``ul`` is an exact copy of
+    ``og``, the copy's weights first get Gaussian noise of std ``init_noise`` x each tensor's
+    own std (symmetry breaking; 0 disables it).
+    """
+    t0 = time.perf_counter()
+    og, ul, dev = _start(orig, device, seed)
+    data = _Data(feats, dev, seed)
+    if init_noise > 0:
+        with torch.no_grad():
+            for p in ul.parameters():
+                p.add_(init_noise * (float(p.std()) if p.numel() > 1 else 1.0) * torch.randn_like(p))
+    weights = {"uu": w_uu, "ur": w_ur, "mu": w_mu, "mr": w_mr}
+    opt = _adamw(ul.parameters(), lr)
+    ul.eval()  # no dropout: the distances compare deterministic embeddings
+    last: dict[str, float] = {}
+    for _ in range(epochs):
+        for xi_f, xt_f, _y in data.batches(data.f, batch_size):
+            xi_r, xt_r, _yr = data.sample(data.r, batch_size)
+            if use_noise:
+                xi_n, xt_n = perturb(xi_f, xt_f, noise_mean, noise_std, text_noise, data.gen)
+            else:
+                xi_n, xt_n = xi_f, xt_f
+            d = forgetmi_losses(ul, og, xi_f, xt_f, xi_n, xt_n, xi_r, xt_r)
+            loss = forgetmi_objective(d, weights, use_noise, margin)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            last = {k: float(v.detach()) for k, v in d.items()}
+    return _done(ul, t0, dev, **{f"d_{k}": v for k, v in last.items()})
+
+
+# ---------------------------------------------------------------- MultiDelete
+def multidelete(
+    orig: TrainedModel,
+    feats: Features,
+    seed: int,
+    device: str,
+    lr: float = 1e-3,
+    epochs: int = 5,
+    batch_size: int = 32,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    unimodal: str = "both",
+) -> Unlearned:
+    """MultiDelete: ``L = L_MD + alpha * L_MKR + beta * L_UKR``, AdamW + cosine schedule."""
+    t0 = time.perf_counter()
+    og, ul, dev = _start(orig, device, seed)
+    data = _Data(feats, dev, seed)
+    opt = _adamw(ul.parameters(), lr)
+    n_steps = max(1, epochs * math.ceil(data.f[0].shape[0] / batch_size))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_steps)
+    ul.eval()
+    last: dict[str, float] = {}
+    for _ in range(epochs):
+        for xi_f, xt_f, _y in data.batches(data.f, batch_size):
+            xi_r, xt_r, _yr = data.sample(data.r, batch_size)
+            d = multidelete_losses(ul, og, xi_f, xt_f, xi_r, xt_r, unimodal)
+            loss = d["md"] + alpha * d["mkr"] + beta * d["ukr"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            last = {k: float(v.detach()) for k, v in d.items()}
+    return _done(ul, t0, dev, **{f"loss_{k}": v for k, v in last.items()})
+
+
+# ---------------------------------------------------------------- baselines
+def _finetune_on_retain(
+    ul: FusionNet, data: _Data, params: list[torch.nn.Parameter], lr: float, epochs: int, bs: int
+) -> None:
+    opt = _adamw(params, lr)
+    ul.train()
+    for _ in range(epochs):
+        for xi, xt, y in data.batches(data.r, bs):
+            loss = F.cross_entropy(ul(xi, xt), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+
+def finetune(
+    orig: TrainedModel,
+    feats: Features,
+    seed: int,
+    device: str,
+    lr: float = 1e-3,
+    epochs: int = 2,
+    batch_size: int = 64,
+) -> Unlearned:
+    """Fine-tune: continue training on D_r only (catastrophic forgetting of D_f)."""
+    t0 = time.perf_counter()
+    _og, ul, dev = _start(orig, device, seed)
+    data = _Data(feats, dev, seed)
+    _finetune_on_retain(ul, data, list(ul.parameters()), lr, epochs, batch_size)
+    return _done(ul, t0, dev)
+
+
+def neggrad_plus(
+    orig: TrainedModel,
+    feats: Features,
+    seed: int,
+    device: str,
+    lr: float = 1e-3,
+    epochs: int = 5,
+    batch_size: int = 32,
+    forget_weight: float = 0.3,
+    ascent_cap: float = 3.0,
+) -> Unlearned:
+    """NegGrad+: ``L = (1 - w) * CE(D_r) - w * min(CE(D_f), cap)``, per forget batch.
+
+    The cap keeps gradient ascent from running away once the forget loss is already high.
+    """
+    t0 = time.perf_counter()
+    _og, ul, dev = _start(orig, device, seed)
+    data = _Data(feats, dev, seed)
+    opt = _adamw(ul.parameters(), lr)
+    ul.train()
+    for _ in range(epochs):
+        for xi_f, xt_f, y_f in data.batches(data.f, batch_size):
+            xi_r, xt_r, y_r = data.sample(data.r, batch_size)
+            lf = torch.clamp(F.cross_entropy(ul(xi_f, xt_f), y_f), max=ascent_cap)
+            lr_ = F.cross_entropy(ul(xi_r, xt_r), y_r)
+            loss = (1.0 - forget_weight) * lr_ - forget_weight * lf
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return _done(ul, t0, dev)
+
+
+def scrub(
+    orig: TrainedModel,
+    feats: Features,
+    seed: int,
+    device: str,
+    lr: float = 5e-4,
+    epochs: int = 3,
+    max_steps: int = 2,
+    batch_size: int = 64,
+    alpha: float = 1.0,
+    gamma: float = 1.0,
+    temperature: float = 2.0,
+) -> Unlearned:
+    """SCRUB: the student (copy) moves away from the teacher (original) on D_f and stays close
+    on D_r.
+
+    Max step (first ``max_steps`` epochs): ``L = -KL(p_og || p_ul)`` on forget batches.
+    Min step (every epoch): ``L = alpha * KL(p_og || p_ul) + gamma * CE`` on retain batches.
+    """
+    t0 = time.perf_counter()
+    og, ul, dev = _start(orig, device, seed)
+    data = _Data(feats, dev, seed)
+    opt = _adamw(ul.parameters(), lr)
+    ul.train()
+    for ep in range(epochs):
+        if ep < max_steps:
+            for xi, xt, _y in data.batches(data.f, batch_size):
+                with torch.no_grad():
+                    tl = og(xi, xt)
+                loss = -scrub_kl(ul(xi, xt), tl, temperature)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        for xi, xt, y in data.batches(data.r, batch_size):
+            with torch.no_grad():
+                tl = og(xi, xt)
+            sl = ul(xi, xt)
+            loss = alpha * scrub_kl(sl, tl, temperature) + gamma * F.cross_entropy(sl, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return _done(ul, t0, dev)
+
+
+def _last_k_params(ul: FusionNet, k: int) -> list[torch.nn.Parameter]:
+    groups = layer_groups(ul)
+    if not 1 <= k <= len(groups):
+        raise ValueError(f"k must be in [1, {len(groups)}], got {k}")
+    return [p for g in groups[:k] for m in g for p in m.parameters()]
+
+
+def cf_k(
+    orig: TrainedModel,
+    feats: Features,
+    seed: int,
+    device: str,
+    k: int = 2,
+    lr: float = 1e-3,
+    epochs: int = 2,
+    batch_size: int = 64,
+) -> Unlearned:
+    """CF-k (catastrophic forgetting of the last k layer groups): fine-tune only them on D_r."""
+    t0 = time.perf_counter()
+    _og, ul, dev = _start(orig, device, seed)
+    data = _Data(feats, dev, seed)
+    params = _last_k_params(ul, k)
+    _finetune_on_retain(ul, data, params, lr, epochs, batch_size)
+    return _done(ul, t0, dev)
+
+
+def eu_k(
+    orig: TrainedModel,
+    feats: Features,
+    seed: int,
+    device: str,
+    k: int = 2,
+    lr: float = 1e-3,
+    epochs: int = 4,
+    batch_size: int = 64,
+) -> Unlearned:
+    """EU-k (exact unlearning of the last k layer groups): re-initialise them, retrain on D_r."""
+    t0 = time.perf_counter()
+    _og, ul, dev = _start(orig, device, seed)
+    data = _Data(feats, dev, seed)
+    params = _last_k_params(ul, k)
+    for g in layer_groups(ul)[:k]:
+        for m in g:
+            if isinstance(m, torch.nn.Linear):
+                m.reset_parameters()
+    _finetune_on_retain(ul, data, params, lr, epochs, batch_size)
+    return _done(ul, t0, dev)
+
+
+METHODS: dict[str, Callable[..., Unlearned]] = {
+    "forget-mi": forget_mi,
+    "multidelete": multidelete,
+    "finetune": finetune,
+    "neggrad-plus": neggrad_plus,
+    "scrub": scrub,
+    "cf-k": cf_k,
+    "eu-k": eu_k,
+}
+
+
+def run_method(
+    method: str, orig: TrainedModel, feats: Features, seed: int, device: str, **params: Any
+) -> Unlearned:
+    if method not in METHODS:
+        raise ValueError(f"unknown unlearning method {method!r}; choose one of {sorted(METHODS)}")
+    return METHODS[method](orig, feats, seed, device, **params)

@@ -1,0 +1,317 @@
+"""The eight unlearning pipelines: featurize -> train -> unlearn -> evaluate.
+
+Stages 1-2 have the same name, version, parameters and fingerprint in every method's pipeline,
+so their cache keys coincide: tuning a second method reuses the first one's cached features,
+original model and retrained model. The unlearn stage's version names the method, so two
+methods with equal parameter values never share an unlearn entry.
+
+The forget fraction, the label and the data source are part of the data's identity (the
+fingerprint), not tunables; the run seed drives the split, the forget set, training and the
+attacks' subsamples.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from eeipu.space import Categorical, Float, Int, Param, Scalar
+from pipelines.core import Pipeline, Stage
+from pipelines.unlearning.data import load_data, split_patients
+from pipelines.unlearning.features import Features, featurize
+from pipelines.unlearning.methods import Unlearned, run_method
+from pipelines.unlearning.metrics import compare, model_metrics
+from pipelines.unlearning.model import ModelConfig, TrainedModel, predict_proba, train_model
+
+__all__ = [
+    "DEFAULT_FORGET_FRACTION",
+    "METHOD_NAMES",
+    "UnlearningPipeline",
+    "default_params",
+    "make_pipeline",
+]
+
+METHOD_NAMES = (
+    "forget-mi",
+    "multidelete",
+    "finetune",
+    "neggrad-plus",
+    "scrub",
+    "cf-k",
+    "eu-k",
+    "retrain",
+)
+DEFAULT_FORGET_FRACTION = 0.10
+_BATCH = 64  # training batch size (fixed: the search space is already large)
+_LR = Float(1e-5, 1e-2, log=True)
+
+FEATURIZE_SPACE: dict[str, Param] = {
+    "text_encoder": Categorical(["tfidf", "minilm"]),
+    "text_dim": Int(8, 384, log=True),
+    "image_dim": Int(4, 128, log=True),
+}
+FEATURIZE_DEFAULTS: dict[str, Scalar] = {"text_encoder": "tfidf", "text_dim": 64, "image_dim": 32}
+
+TRAIN_SPACE: dict[str, Param] = {
+    "hidden": Int(16, 256, log=True),
+    "lr": Float(1e-4, 1e-2, log=True),
+    "epochs": Int(5, 80),
+    "dropout": Float(0.0, 0.5),
+    "weight_decay": Float(1e-6, 1e-1, log=True),
+}
+TRAIN_DEFAULTS: dict[str, Scalar] = {
+    "hidden": 64,
+    "lr": 1e-3,
+    "epochs": 20,
+    "dropout": 0.1,
+    "weight_decay": 1e-4,
+}
+
+UNLEARN_SPACES: dict[str, dict[str, Param]] = {
+    "forget-mi": {
+        "lr": _LR,
+        "epochs": Int(1, 40),
+        "batch_size": Categorical([16, 32, 64]),
+        "w_uu": Float(0.0, 1.0),
+        "w_ur": Float(0.0, 1.0),
+        "w_mu": Float(0.0, 1.0),
+        "w_mr": Float(0.0, 1.0),
+        "use_noise": Categorical([False, True]),
+        "noise_mean": Float(-1.0, 1.0),
+        "noise_std": Float(0.05, 5.0, log=True),
+        "text_noise": Float(0.0, 0.8),
+        "margin": Float(0.1, 50.0, log=True),
+        "init_noise": Float(0.0, 0.2),
+    },
+    "multidelete": {
+        "lr": _LR,
+        "epochs": Int(1, 40),
+        "batch_size": Categorical([16, 32, 64]),
+        "alpha": Float(0.0, 5.0),
+        "beta": Float(0.0, 5.0),
+        "unimodal": Categorical(["image", "text", "both"]),
+    },
+    "finetune": {"lr": _LR, "epochs": Int(1, 10), "batch_size": Categorical([32, 64, 128])},
+    "neggrad-plus": {
+        "lr": _LR,
+        "epochs": Int(1, 40),
+        "batch_size": Categorical([16, 32, 64]),
+        "forget_weight": Float(0.01, 0.95),
+        "ascent_cap": Float(0.3, 10.0, log=True),
+    },
+    "scrub": {
+        "lr": _LR,
+        "epochs": Int(1, 8),
+        "max_steps": Int(0, 8),
+        "batch_size": Categorical([32, 64, 128]),
+        "alpha": Float(0.0, 5.0),
+        "gamma": Float(0.0, 5.0),
+        "temperature": Float(0.5, 8.0, log=True),
+    },
+    "cf-k": {
+        "k": Int(1, 4),
+        "lr": _LR,
+        "epochs": Int(1, 10),
+        "batch_size": Categorical([32, 64, 128]),
+    },
+    "eu-k": {
+        "k": Int(1, 4),
+        "lr": _LR,
+        "epochs": Int(1, 15),
+        "batch_size": Categorical([32, 64, 128]),
+    },
+    "retrain": {},
+}
+UNLEARN_DEFAULTS: dict[str, dict[str, Scalar]] = {
+    "forget-mi": {
+        "lr": 1e-3,
+        "epochs": 5,
+        "batch_size": 32,
+        "w_uu": 0.1,
+        "w_ur": 0.1,
+        "w_mu": 0.4,
+        "w_mr": 0.4,
+        "use_noise": False,
+        "noise_mean": 0.0,
+        "noise_std": 1.0,
+        "text_noise": 0.3,
+        "margin": 5.0,
+        "init_noise": 0.01,
+    },
+    "multidelete": {
+        "lr": 1e-3,
+        "epochs": 5,
+        "batch_size": 32,
+        "alpha": 1.0,
+        "beta": 1.0,
+        "unimodal": "both",
+    },
+    "finetune": {"lr": 1e-3, "epochs": 2, "batch_size": 64},
+    "neggrad-plus": {
+        "lr": 1e-3,
+        "epochs": 5,
+        "batch_size": 32,
+        "forget_weight": 0.3,
+        "ascent_cap": 3.0,
+    },
+    "scrub": {
+        "lr": 5e-4,
+        "epochs": 3,
+        "max_steps": 2,
+        "batch_size": 64,
+        "alpha": 1.0,
+        "gamma": 1.0,
+        "temperature": 2.0,
+    },
+    "cf-k": {"k": 2, "lr": 1e-3, "epochs": 2, "batch_size": 64},
+    "eu-k": {"k": 2, "lr": 1e-3, "epochs": 4, "batch_size": 64},
+    "retrain": {},
+}
+
+
+class UnlearningPipeline(Pipeline):
+    """A ``Pipeline`` that also knows its method and its embedded default configuration."""
+
+    method: str
+    defaults: dict[str, dict[str, Scalar]]
+    forget_fraction: float
+
+
+def default_params(method: str) -> dict[str, dict[str, Scalar]]:
+    """The embedded defaults of a method's pipeline (every stage)."""
+    if method not in UNLEARN_DEFAULTS:
+        raise ValueError(f"unknown method {method!r}; choose one of {list(METHOD_NAMES)}")
+    return {
+        "featurize": dict(FEATURIZE_DEFAULTS),
+        "train": dict(TRAIN_DEFAULTS),
+        "unlearn": dict(UNLEARN_DEFAULTS[method]),
+        "evaluate": {},
+    }
+
+
+def _seed(seed: int | None) -> int:
+    return 0 if seed is None else int(seed)
+
+
+def make_pipeline(
+    method: str,
+    forget_fraction: float = DEFAULT_FORGET_FRACTION,
+    source: str = "openi",
+    label: str = "abnormal",
+    device: str | None = None,
+) -> UnlearningPipeline:
+    """Build one method's pipeline (lazy: the data loads on the first run or fingerprint).
+
+    Args:
+        method: one of ``METHOD_NAMES``.
+        forget_fraction: fraction of training patients to forget (e.g. 0.03, 0.06, 0.10).
+        source: ``"openi"`` (real data) or ``"diabetes"`` (fast fixture for tests).
+        label: ``"abnormal"`` (MeSH not exactly "normal") or a MeSH heading.
+        device: ``"cpu"`` (default) or ``"cuda"`` (used only if available); defaults to
+            ``$EEIPU_UNLEARNING_DEVICE`` or ``cpu``. Not part of the cache key.
+    """
+    if method not in METHOD_NAMES:
+        raise ValueError(f"unknown method {method!r}; choose one of {list(METHOD_NAMES)}")
+    if not 0.0 < forget_fraction < 1.0:
+        raise ValueError(f"forget_fraction must be in (0, 1), got {forget_fraction}")
+    dev = device or os.environ.get("EEIPU_UNLEARNING_DEVICE", "cpu")
+
+    def featurize_stage(
+        parent: Any, text_encoder: str, text_dim: int, image_dim: int, seed: int | None = None
+    ) -> Features:
+        data = load_data(source, label)
+        split = split_patients(data.groups, forget_fraction, _seed(seed))
+        return featurize(data, split, text_encoder, text_dim, image_dim, _seed(seed), dev)
+
+    def train_stage(
+        parent: Features,
+        hidden: int,
+        lr: float,
+        epochs: int,
+        dropout: float,
+        weight_decay: float,
+        seed: int | None = None,
+    ) -> dict[str, Any]:
+        f = parent
+        s = _seed(seed)
+        cfg = ModelConfig(f.text.shape[1], f.image.shape[1], hidden, dropout)
+        args = (cfg, f.text, f.image, f.y)
+        kw = {"lr": lr, "epochs": epochs, "weight_decay": weight_decay, "batch_size": _BATCH}
+        orig = train_model(*args, f.split.train, seed=s, device=dev, **kw)
+        retr = train_model(*args, f.split.retain, seed=s, device=dev, **kw)
+        p_orig = predict_proba(cfg, orig.state, f.text, f.image)
+        p_retr = predict_proba(cfg, retr.state, f.text, f.image)
+        return {
+            "features": f,
+            "original": orig,
+            "retrained": retr,
+            "p_retrained": p_retr,
+            "m_original": model_metrics(p_orig, f.y, f.split, s),
+            "m_retrained": model_metrics(p_retr, f.y, f.split, s),
+        }
+
+    def unlearn_stage(parent: dict[str, Any], seed: int | None = None, **params: Any) -> dict:
+        retr: TrainedModel = parent["retrained"]
+        if method == "retrain":
+            out = Unlearned(retr.state, retr.seconds, {"note": "the retrained model itself"})
+        else:
+            out = run_method(
+                method, parent["original"], parent["features"], _seed(seed), dev, **params
+            )
+        return {**parent, "unlearned": out}
+
+    def evaluate_stage(parent: dict[str, Any], seed: int | None = None) -> dict[str, Any]:
+        f: Features = parent["features"]
+        u: Unlearned = parent["unlearned"]
+        orig: TrainedModel = parent["original"]
+        retr: TrainedModel = parent["retrained"]
+        p = predict_proba(orig.cfg, u.state, f.text, f.image)
+        m = model_metrics(p, f.y, f.split, _seed(seed))
+        ref: Mapping[str, float] = parent["m_retrained"]
+        og: Mapping[str, float] = parent["m_original"]
+        out: dict[str, Any] = dict(m)
+        out.update(compare(m, ref, p, parent["p_retrained"], f.split))
+        out.update({f"retrained_{k}": v for k, v in ref.items()})
+        out.update({f"original_{k}": v for k, v in og.items()})
+        out["unlearn_seconds"] = float(u.seconds)
+        out["retrain_seconds"] = float(retr.seconds)
+        out["original_train_seconds"] = float(orig.seconds)
+        out["time_ratio"] = float(u.seconds / max(retr.seconds, 1e-9))
+        out["forget_fraction"] = float(forget_fraction)
+        out["n_forget"] = float(len(f.split.forget))
+        out["n_retain"] = float(len(f.split.retain))
+        out["n_test"] = float(len(f.split.test))
+        for k, v in u.info.items():
+            if isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v):
+                out[f"info_{k}"] = float(v)
+        return out
+
+    def fingerprint() -> str:
+        return f"{load_data(source, label).fingerprint}|forget={forget_fraction!r}|label={label}"
+
+    version = f"{method}.1"
+    stages = [
+        Stage("featurize", featurize_stage, FEATURIZE_SPACE, version="1"),
+        Stage("train", train_stage, TRAIN_SPACE, version="1"),
+        Stage("unlearn", unlearn_stage, UNLEARN_SPACES[method], version=version),
+        Stage("evaluate", evaluate_stage, {}, version="1"),
+    ]
+    pipe = UnlearningPipeline(
+        method,
+        stages,
+        objective="objective",
+        direction="maximize",
+        fingerprint=fingerprint,
+        description=(
+            f"{method} unlearning of {forget_fraction:.0%} of training patients on {source} "
+            "(text = indication section; image side = descriptor codes + DICOM metadata); "
+            "default objective needs no retrained model, retrain_score validates it"
+        ),
+    )
+    pipe.method = method
+    pipe.defaults = default_params(method)
+    pipe.forget_fraction = forget_fraction
+    return pipe
