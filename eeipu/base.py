@@ -38,6 +38,7 @@ __all__ = [
     "Optimizer",
     "Params",
     "Pending",
+    "mean_cost_after",
     "prefix_id",
 ]
 
@@ -206,3 +207,13 @@ class RandomSearch(Optimizer):
             out.append(Candidate(params=params, reuse_depth=0))
             self.n_asked += 1
         return out
+
+
+def mean_cost_after(history: Sequence[Observation], depth: int = 0) -> float | None:
+    """Mean observed compute cost of the stages after ``depth`` (``None`` without data).
+
+    A model-free cost prediction for optimizers without a cost model (and for the budget
+    check of the tuning loop when a candidate carries no prediction).
+    """
+    costs = [sum(o.stage_costs[depth:]) for o in history if len(o.stage_costs) > depth]
+    return sum(costs) / len(costs) if costs else None

@@ -8,7 +8,26 @@ from typing import Any
 from eeipu.base import Optimizer, RandomSearch
 from eeipu.space import SearchSpace
 
-_OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {"random": RandomSearch}
+
+def _lazy(cls_name: str) -> Callable[..., Optimizer]:
+    """Import the GP optimizers (torch, BoTorch) only when one is built."""
+
+    def factory(*args: Any, **kwargs: Any) -> Optimizer:
+        from eeipu import bo
+
+        cls: type[Optimizer] = getattr(bo, cls_name)
+        return cls(*args, **kwargs)
+
+    return factory
+
+
+_OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
+    "random": RandomSearch,
+    "ei": _lazy("EI"),
+    "eipu": _lazy("EIPU"),
+    "carbo": _lazy("CArBO"),
+    "eeipu": _lazy("EEIPU"),
+}
 
 
 def register_optimizer(name: str, factory: Callable[..., Optimizer]) -> None:

@@ -1,0 +1,114 @@
+"""``eeipu tune PIPELINE``: a local tuning run under a cost budget, with a progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Any
+
+from api.cli.common import add_cache_arg, emit_json, open_cache_from
+
+OPTIMIZERS = ("eeipu", "ei", "eipu", "carbo", "random")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("tune", help="tune a pipeline's hyperparameters under a cost budget")
+    p.add_argument("pipeline", help="built-in name or package.module:attribute")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="eeipu")
+    p.add_argument("--budget", type=float, required=True, help="cost budget in seconds")
+    p.add_argument("--max-trials", type=int, default=None, help="stop after N trials")
+    p.add_argument("--objective", default=None, help="metric to optimise (default: pipeline's)")
+    p.add_argument("--direction", choices=("maximize", "minimize"), default=None)
+    p.add_argument("--seed", type=int, default=0, help="optimizer seed")
+    p.add_argument("--run-seed", type=int, default=None, help="pipeline run seed (cache key)")
+    p.add_argument(
+        "--budget-margin",
+        type=float,
+        default=0.0,
+        help="allowed overshoot in seconds: a trial predicted to exceed the remaining "
+        "budget by more is not started",
+    )
+    p.add_argument("--n-warmup", type=int, default=10, help="random trials before the models")
+    p.add_argument("--db", default=None, help="trial store URL (SQLAlchemy); see the note")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    add_cache_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from api.tuning import TrialResult, tune
+    from eeipu import make_optimizer
+    from pipelines import get_pipeline
+
+    if not (args.budget > 0):
+        raise ValueError(f"--budget must be positive, got {args.budget}")
+    if args.max_trials is not None and args.max_trials < 1:
+        raise ValueError(f"--max-trials must be >= 1, got {args.max_trials}")
+    if args.budget_margin < 0:
+        raise ValueError(f"--budget-margin must be >= 0, got {args.budget_margin}")
+    if args.n_warmup < 1:
+        raise ValueError(f"--n-warmup must be >= 1, got {args.n_warmup}")
+    pipe = get_pipeline(args.pipeline)
+    direction = args.direction or pipe.direction
+    if args.db is not None:
+        # The persistent trial store plugs in as a sink of ``tune``; until it exists the run
+        # is kept in memory.
+        sys.stderr.write("eeipu: note: --db is accepted; this run is kept in memory for now\n")
+    cache = open_cache_from(args)
+    opt = make_optimizer(
+        args.optimizer, pipe.space, direction=direction, seed=args.seed, n_warmup=args.n_warmup
+    )
+    sinks: list[Any] = []
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        total = args.budget if math.isfinite(args.budget) else None
+        bar = tqdm(
+            total=total,
+            desc=args.optimizer,
+            file=sys.stderr,
+            leave=False,
+            bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f}s cost [{elapsed}{postfix}]",
+        )
+
+        def progress(t: TrialResult) -> None:
+            assert bar is not None
+            bar.update(t.cost_paid)
+            best = "-" if t.best_value is None else f"{t.best_value:.4g}"
+            bar.set_postfix(trials=t.number + 1, best=best, reused=t.reused_depth)
+
+        sinks.append(progress)
+    try:
+        res = tune(
+            pipe,
+            opt,
+            args.budget,
+            cache=cache,
+            max_trials=args.max_trials,
+            objective=args.objective,
+            margin=args.budget_margin,
+            run_seed=args.run_seed,
+            sinks=sinks,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    out = res.summary()
+    if args.db is not None:
+        out["db"] = None
+    if args.json:
+        emit_json(out)
+        return 0
+    print(
+        f"{out['optimizer']} on {out['pipeline']}: {out['n_trials']} trials "
+        f"({out['n_trials_reusing_cache']} reused a cached prefix), "
+        f"cost {out['cost_spent']:.3f}s of {out['budget']:.3f}s "
+        f"(overshoot {out['overshoot']:.3f}s), stopped: {out['stop_reason']}"
+    )
+    print(f"best {out['objective']} = {out['best_value']} (trial {out['best_trial']})")
+    for stage, params in (out["best_params"] or {}).items():
+        print(f"  {stage}: {params}")
+    return 0

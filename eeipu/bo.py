@@ -1,0 +1,542 @@
+"""Bayesian optimizers for staged pipelines: EEIPU and the EI, EIPU and CArBO baselines.
+
+All four share one engine (``CostAwareBO``) and differ only in their cost model:
+
+=======  ======================  ==========  ========  ===============================
+name     cost model              memoized    cooling   acquisition
+=======  ======================  ==========  ========  ===============================
+ei       none                    no          -         log EI
+eipu     one GP per stage        no          no        log EI - log E[C]
+carbo    one GP on total cost    no          yes       log EI - eta log E[C]
+eeipu    one GP per stage        yes         yes       log EI + eta log E[1/C(x, d)]
+=======  ======================  ==========  ========  ===============================
+
+EEIPU plans, for every candidate, which cached prefix to reuse. Its prefix pool holds only
+prefixes the cache really holds (with their measured load cost) or that a pending trial will
+produce, plus the empty prefix (a full run). Every prefix's candidates are scored in ONE
+tensor batch and refined by one batched L-BFGS-B run (pinned dimensions have equal bounds),
+so a proposal costs about one acquisition optimisation whatever the pool size.
+
+Batches (``n > 1``) are picked greedily with a kriging believer: pending trials and earlier
+picks are added to the objective GP at their predicted mean, so EI vanishes at them; exact
+duplicates of seen or pending configurations are never proposed. A candidate is dropped when
+its predicted cost exceeds what remains of the budget (after the pending trials' predicted
+costs) plus ``budget.margin``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from botorch.acquisition import LogExpectedImprovement
+from botorch.generation.gen import gen_candidates_scipy
+from torch import Tensor
+from torch.quasirandom import SobolEngine
+
+from eeipu.acquisition import (
+    CostCooledLogEI,
+    cooling_eta,
+    normal_base_samples,
+    predicted_cost,
+)
+from eeipu.base import (
+    BudgetState,
+    CachedPrefix,
+    Candidate,
+    Observation,
+    Optimizer,
+    Params,
+    Pending,
+    mean_cost_after,
+    prefix_id,
+)
+from eeipu.models import DTYPE, FitState, SurrogateGP, fit_surrogate
+from eeipu.space import SearchSpace
+
+__all__ = ["EEIPU", "EI", "EIPU", "CArBO", "CostAwareBO", "PrefixPlan", "copula"]
+
+COST_FLOOR = 1e-6
+
+
+@dataclass
+class PrefixPlan:
+    """A prefix a candidate may reuse: its depth, exact params and cost of loading it."""
+
+    depth: int
+    params: Params
+    load_seconds: float
+    pid: str
+    source: str  # "empty", "cache" or "pending"
+
+
+def copula(y: Tensor) -> Tensor:
+    """Normal scores of ``y`` (``n``): ranks (ties averaged) through the normal quantile."""
+    n = y.shape[0]
+    order = y.argsort()
+    ranks = torch.empty(n, dtype=DTYPE)
+    ranks[order] = torch.arange(n, dtype=DTYPE)
+    for v in torch.unique(y):  # average the ranks of ties
+        sel = y == v
+        if int(sel.sum()) > 1:
+            ranks[sel] = ranks[sel].mean()
+    return torch.special.ndtri((ranks + 0.5) / n)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+class CostAwareBO(Optimizer):
+    """Shared engine of the GP-based optimizers (see the module docstring).
+
+    Args:
+        space: the search space.
+        direction: ``"maximize"`` or ``"minimize"``.
+        seed: seeds the optimizer's generator (every torch seed is drawn from it).
+        n_warmup: random trials before the models are used.
+        mc_samples: Monte Carlo samples for the expected inverse cost.
+        max_prefixes: most cached prefixes in the pool (the most promising by best observed
+            value of a configuration that shares them); pending ones come on top.
+        raw_samples: quasi-random candidates scored per prefix.
+        restarts: best raw candidates per prefix refined by L-BFGS-B (plus ``restarts * 2``
+            best overall).
+        maxiter: L-BFGS-B iterations of the batched refinement.
+        refit_fraction: refit GP hyperparameters when the data grew by this fraction.
+        torch_threads: torch threads during ``ask`` (``None``: leave torch's setting).
+        eta: a fixed cooling exponent instead of the budget schedule (ablations, tests).
+        warp: ``"copula"`` models the objective's normal scores (ranks mapped through the
+            normal quantile function), robust to heavy tails such as the synthetic
+            pipelines' (values spanning five orders of magnitude); ``"none"`` models raw
+            values.
+    """
+
+    name = "bo"
+    cost_model = "none"  # "none" | "stages" | "total"
+    memoize = False
+    cooling = False
+    inverse = "mean"
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        direction: str = "maximize",
+        seed: int = 0,
+        n_warmup: int = 10,
+        *,
+        mc_samples: int = 128,
+        max_prefixes: int = 16,
+        raw_samples: int = 64,
+        restarts: int = 2,
+        maxiter: int = 40,
+        refit_fraction: float = 0.1,
+        torch_threads: int | None = 1,
+        eta: float | None = None,
+        warp: str = "copula",
+    ) -> None:
+        super().__init__(space, direction=direction, seed=seed, n_warmup=n_warmup)
+        self.mc_samples = mc_samples
+        self.max_prefixes = max_prefixes
+        self.raw_samples = raw_samples
+        self.restarts = restarts
+        self.maxiter = maxiter
+        self.refit_fraction = refit_fraction
+        self.torch_threads = torch_threads
+        self.fixed_eta = eta
+        if warp not in ("copula", "none"):
+            raise ValueError(f"warp must be 'copula' or 'none', got {warp!r}")
+        self.warp = warp
+        self._fits: dict[str, FitState] = {}
+        self.last_info: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["fits"] = {k: v.to_dict() for k, v in sorted(self._fits.items())}
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._fits = {k: FitState.from_dict(v) for k, v in dict(state.get("fits", {})).items()}
+
+    # ------------------------------------------------------------------ ask
+    def ask(
+        self,
+        n: int,
+        history: Sequence[Observation],
+        pending: Sequence[Pending] = (),
+        cached: Sequence[CachedPrefix] = (),
+        budget: BudgetState | None = None,
+    ) -> list[Candidate]:
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        budget = budget or BudgetState(total=math.inf)
+        if n == 0:
+            return []
+        with _torch_threads(self.torch_threads), torch.no_grad():
+            valid = [o for o in history if o.value is not None and math.isfinite(o.value)]
+            n_random = max(0, self.n_warmup - len(history) - len(pending))
+            if len(valid) < 2:
+                n_random = n
+            out = self._random(min(n, n_random), history, pending, budget)
+            if len(out) < n and len(valid) >= 2 and (n_random == 0 or len(out) == n_random):
+                extra = [Pending(c.params, c.reuse_depth) for c in out]
+                out += self._model_ask(n - len(out), history, [*pending, *extra], cached, budget)
+        self.n_asked += len(out)
+        return out
+
+    def _random(
+        self,
+        n: int,
+        history: Sequence[Observation],
+        pending: Sequence[Pending],
+        budget: BudgetState,
+    ) -> list[Candidate]:
+        seen = self._seen(history, pending)
+        k = len(self.space.stage_names)
+        est = mean_cost_after(history, 0)
+        committed = sum(est or 0.0 for _ in pending)
+        out: list[Candidate] = []
+        for _ in range(n):
+            for _attempt in range(100):
+                params = self.space.sample(self.rng)
+                pid = prefix_id(self.space, params, k)
+                if pid not in seen:
+                    break
+            if est is not None and committed + est > budget.remaining + budget.margin:
+                break
+            seen.add(pid)
+            committed += est or 0.0
+            out.append(Candidate(params, 0, est, None, {"phase": "warmup"}))
+        return out
+
+    # ------------------------------------------------------------------ models
+    def _fit(self, name: str, X: Tensor, y: Tensor) -> SurrogateGP:
+        gp = fit_surrogate(X, y, self._fits.get(name), refit_fraction=self.refit_fraction)
+        self._fits[name] = gp.state
+        return gp
+
+    def _cost_models(self, history: Sequence[Observation]) -> list[tuple[SurrogateGP, slice]]:
+        k_total = len(self.space.stage_names)
+        rows = [o for o in history if len(o.stage_costs) == k_total]
+        if self.cost_model == "none" or len(rows) < 2:
+            return []
+        X = torch.tensor([self.space.encode(o.params) for o in rows], dtype=DTYPE)
+        C = torch.tensor([o.stage_costs for o in rows], dtype=DTYPE).clamp_min(COST_FLOOR)
+        if self.cost_model == "total":
+            return [(self._fit("cost_total", X, C.sum(-1).log()), slice(0, self.space.dims))]
+        out = []
+        for i, stage in enumerate(self.space.stage_names):
+            sl = self.space.stage_slices[stage]
+            out.append((self._fit(f"cost_{i}", X[:, sl], C[:, i].log()), sl))
+        return out
+
+    # ------------------------------------------------------------------ prefixes
+    def _prefix_pool(
+        self,
+        history: Sequence[Observation],
+        pending: Sequence[Pending],
+        cached: Sequence[CachedPrefix],
+    ) -> list[PrefixPlan]:
+        pool = [PrefixPlan(0, {}, 0.0, "", "empty")]
+        if not self.memoize:
+            return pool
+        stages = self.space.stage_names
+        k_total = len(stages)
+        score: dict[str, float] = {}
+        for o in history:
+            if o.value is None or not math.isfinite(o.value):
+                continue
+            v = self.sign() * o.value
+            for d in range(1, k_total):
+                pid = prefix_id(self.space, o.params, d)
+                score[pid] = max(score.get(pid, -math.inf), v)
+        cache_plans: dict[str, PrefixPlan] = {}
+        for c in cached:
+            if not 1 <= c.depth < k_total:
+                continue
+            try:
+                params = {s: dict(c.params[s]) for s in stages[: c.depth]}
+                pid = prefix_id(self.space, params, c.depth)
+            except KeyError:
+                continue
+            if pid not in cache_plans:
+                cache_plans[pid] = PrefixPlan(c.depth, params, float(c.load_seconds), pid, "cache")
+        ranked = sorted(
+            cache_plans.values(), key=lambda p: (-score.get(p.pid, -math.inf), -p.depth, p.pid)
+        )
+        pool += ranked[: self.max_prefixes]
+        loads = [p.load_seconds for p in cache_plans.values()]
+        default_load = statistics.median(loads) if loads else 0.0
+        have = {p.pid for p in pool}
+        for pend in pending:
+            for d in range(1, k_total):
+                params = {s: dict(pend.params[s]) for s in stages[:d]}
+                pid = prefix_id(self.space, params, d)
+                if pid in have:
+                    continue
+                if pid in cache_plans:  # cached but not among the most promising: now it is
+                    pool.append(cache_plans[pid])
+                else:
+                    pool.append(PrefixPlan(d, params, default_load, pid, "pending"))
+                have.add(pid)
+        return pool
+
+    def _pins(self, plan: PrefixPlan) -> tuple[Tensor, Tensor]:
+        """Bool mask and values (``d`` each) of the dimensions a prefix fixes."""
+        mask = torch.zeros(self.space.dims, dtype=torch.bool)
+        vals = torch.zeros(self.space.dims, dtype=DTYPE)
+        pinned = set(self.space.stage_names[: plan.depth])
+        for sp in self.space.specs:
+            if sp.stage in pinned:
+                sl = slice(sp.offset, sp.offset + sp.param.dims)
+                mask[sl] = True
+                vals[sl] = torch.tensor(sp.param.encode(plan.params[sp.stage][sp.name]))
+        return mask, vals
+
+    # ------------------------------------------------------------------ the model step
+    def _eta(self, history: Sequence[Observation], budget: BudgetState) -> float:
+        if self.fixed_eta is not None:
+            return float(self.fixed_eta)
+        if not self.cooling:
+            return 1.0
+        warm = budget.warmup_spent
+        if warm <= 0:
+            warm = sum(
+                o.cost_paid if o.cost_paid is not None else sum(o.stage_costs)
+                for o in history[: self.n_warmup]
+            )
+        return cooling_eta(budget.total, budget.spent, warm)
+
+    def _model_ask(
+        self,
+        n: int,
+        history: Sequence[Observation],
+        pending: Sequence[Pending],
+        cached: Sequence[CachedPrefix],
+        budget: BudgetState,
+    ) -> list[Candidate]:
+        space, k_total, d = self.space, len(self.space.stage_names), self.space.dims
+        seed = self.rng.getrandbits(31)
+        gen = torch.Generator().manual_seed(seed)
+        valid = [o for o in history if o.value is not None and math.isfinite(o.value)]
+        X = torch.tensor([space.encode(o.params) for o in valid], dtype=DTYPE)
+        y = torch.tensor([self.sign() * float(o.value or 0.0) for o in valid], dtype=DTYPE)
+        obj = self._fit("objective", X, copula(y) if self.warp == "copula" else y)
+        costs = self._cost_models(history)
+        eta = self._eta(history, budget) if costs else 0.0
+        best_f = float(obj.train_Y.max())
+        n_comp = len(costs)
+
+        # Pool of prefixes and the raw candidates of each, pinned, as one batch.
+        pool = self._prefix_pool(history, pending, cached)
+        n_raw = self.raw_samples
+        sobol = SobolEngine(d, scramble=True, seed=seed).draw(n_raw * len(pool), dtype=DTYPE)
+        top = sorted(range(len(valid)), key=lambda i: -float(y[i]))[:5]
+        local = X[top] if top else X[:0]
+        rows, plan_idx, masks, vals = [], [], [], []
+        for j, plan in enumerate(pool):
+            mask, val = self._pins(plan)
+            base = sobol[j * n_raw : (j + 1) * n_raw]
+            if local.shape[0]:  # a quarter of the raw points near the incumbents
+                n_loc = n_raw // 4
+                centre = local[torch.arange(n_loc) % local.shape[0]]
+                noise = torch.randn(n_loc, d, generator=gen, dtype=DTYPE) * 0.05
+                base = torch.cat([base[: n_raw - n_loc], (centre + noise).clamp(0, 1)])
+            rows.append(torch.where(mask, val, base))
+            plan_idx += [j] * base.shape[0]
+            masks.append(mask)
+            vals.append(val)
+        Xr = torch.cat(rows)
+        pidx = torch.tensor(plan_idx)
+        M, V = torch.stack(masks), torch.stack(vals)
+        depths = torch.tensor([p.depth for p in pool])
+        loads = torch.tensor([p.load_seconds for p in pool], dtype=DTYPE)
+
+        def plan_of(idx: Tensor) -> tuple[Tensor, Tensor]:
+            if self.cost_model == "total":
+                return torch.ones(len(idx), 1, dtype=torch.bool), loads[idx]
+            comp = torch.arange(max(n_comp, 1)).unsqueeze(0)
+            return comp >= depths[idx].unsqueeze(1), loads[idx]
+
+        base_samples = normal_base_samples(self.mc_samples, max(n_comp, 1), seed)
+
+        def acqf(model: SurrogateGP, idx: Tensor) -> CostCooledLogEI:
+            inc, ld = plan_of(idx)
+            return CostCooledLogEI(
+                model,
+                best_f,
+                costs,
+                eta,
+                inc,
+                ld,
+                base_samples,
+                inverse=self.inverse,
+                pin_mask=M[idx],
+                pin_values=V[idx],
+            )
+
+        fant = obj
+        if pending:
+            fant = obj.with_fantasies(
+                torch.tensor([space.encode(p.params) for p in pending], dtype=DTYPE)
+            )
+        raw_vals = acqf(fant, pidx)(Xr.unsqueeze(1))
+
+        # Starting points: best raw rows of each prefix and best overall; batched L-BFGS-B.
+        starts: list[int] = []
+        for j in range(len(pool)):
+            sel = (pidx == j).nonzero().squeeze(-1)
+            order = sel[raw_vals[sel].argsort(descending=True)]
+            starts += order[: self.restarts].tolist()
+        starts += raw_vals.argsort(descending=True)[: 2 * self.restarts].tolist()
+        sidx = torch.tensor(sorted(set(starts)))
+        with torch.enable_grad():
+            Xopt, _ = gen_candidates_scipy(
+                Xr[sidx].unsqueeze(1),
+                acqf(fant, pidx[sidx]),
+                lower_bounds=0.0,
+                upper_bounds=1.0,
+                options={"maxiter": self.maxiter},
+                use_parallel_mode=False,
+            )
+        Xall = torch.cat([Xopt.squeeze(1).detach(), Xr])
+        iall = torch.cat([pidx[sidx], pidx])
+
+        # Round to canonical values (pinned stages copied exactly), then score the rounding.
+        params_all: list[Params] = []
+        for i in range(Xall.shape[0]):
+            p = space.decode(Xall[i].tolist())
+            plan = pool[int(iall[i])]
+            for s in space.stage_names[: plan.depth]:
+                p[s] = dict(plan.params[s])
+            params_all.append(p)
+        Xc = torch.tensor([space.encode(p) for p in params_all], dtype=DTYPE)
+        a0 = acqf(obj, iall)
+        log_inv = a0.log_inverse_cost(Xc.unsqueeze(1)) if costs and eta > 0 else None
+        if costs:
+            mu, sigma = a0.cost_moments(Xc.unsqueeze(1))
+            inc, ld = plan_of(iall)
+            pred = predicted_cost(mu, sigma, inc, ld)
+        else:
+            pred = torch.tensor(
+                [
+                    (mean_cost_after(history, pool[int(j)].depth) or 0.0)
+                    + pool[int(j)].load_seconds
+                    for j in iall
+                ],
+                dtype=DTYPE,
+            )
+        committed = self._pending_cost(history, pending, costs)
+        room = budget.remaining + budget.margin - committed
+
+        seen = self._seen(history, pending)
+        picks: list[Candidate] = []
+        picked_X: list[Tensor] = []
+        model = fant
+        while len(picks) < n:
+            assert model.model is not None
+            score = LogExpectedImprovement(model.model, best_f=best_f)(Xc.unsqueeze(1))
+            if log_inv is not None:
+                score = score + eta * log_inv
+            chosen = None
+            for i in score.argsort(descending=True).tolist():
+                pid = prefix_id(space, params_all[i], k_total)
+                if pid in seen or float(pred[i]) > room:
+                    continue
+                chosen = i
+                break
+            if chosen is None:
+                break
+            plan = pool[int(iall[chosen])]
+            seen.add(prefix_id(space, params_all[chosen], k_total))
+            room -= float(pred[chosen])
+            picks.append(
+                Candidate(
+                    params=params_all[chosen],
+                    reuse_depth=plan.depth,
+                    predicted_cost=float(pred[chosen]),
+                    acquisition=float(score[chosen]),
+                    info={"phase": "model", "eta": eta, "prefix": plan.pid, "via": plan.source},
+                )
+            )
+            picked_X.append(Xc[chosen])
+            if len(picks) < n:
+                model = fant.with_fantasies(torch.stack(picked_X))
+        self.last_info = {"eta": eta, "n_prefixes": len(pool), "n_rows": int(Xall.shape[0])}
+        return picks
+
+    def _pending_cost(
+        self,
+        history: Sequence[Observation],
+        pending: Sequence[Pending],
+        costs: list[tuple[SurrogateGP, slice]],
+    ) -> float:
+        """Predicted cost of the trials already pending (they will spend budget too)."""
+        if not pending:
+            return 0.0
+        if not costs:
+            return sum(mean_cost_after(history, p.reuse_depth) or 0.0 for p in pending)
+        Xp = torch.tensor([self.space.encode(p.params) for p in pending], dtype=DTYPE)
+        depth = torch.tensor([p.reuse_depth for p in pending])
+        mus, sigmas = zip(*(gp.predict(Xp[:, sl]) for gp, sl in costs), strict=True)
+        mu, sigma = torch.stack(mus, -1), torch.stack(sigmas, -1)
+        if self.cost_model == "total":
+            inc = torch.ones(len(pending), 1, dtype=torch.bool)
+        else:
+            inc = torch.arange(len(costs)).unsqueeze(0) >= depth.unsqueeze(1)
+        return float(predicted_cost(mu, sigma, inc, torch.zeros(len(pending), dtype=DTYPE)).sum())
+
+
+class EI(CostAwareBO):
+    """Expected improvement (log EI), cost-blind: the standard GP-BO baseline."""
+
+    name = "ei"
+
+
+class EIPU(CostAwareBO):
+    """EI per unit cost, ``log EI(x) - log E[C(x)]`` with one GP per stage, no memoization,
+    no cooling (Snoek et al. 2012's EIPS)."""
+
+    name = "eipu"
+    cost_model = "stages"
+
+
+class CArBO(CostAwareBO):
+    """Cost-apportioned BO (Lee et al. 2020): ``log EI(x) - eta * log E[C(x)]``, one GP on
+    the total log cost, cost cooling ``eta = remaining / (total - warm-up)``."""
+
+    name = "carbo"
+    cost_model = "total"
+    cooling = True
+
+
+class EEIPU(CostAwareBO):
+    r"""Memoization-aware expected-expected-improvement per unit cost.
+
+    ``EEIPU(x, d) = EI(x) * E[1 / (L_d + sum_{k>d} C_k(x_k))]^eta`` with one GP per stage on
+    log cost, ``L_d`` the measured load cost of the cached prefix of depth ``d``, the
+    expectation by Monte Carlo with independent per-stage samples, and
+    ``eta = remaining / (total - warm-up)`` budget. Candidates come from a pool of prefixes
+    the cache holds or a pending trial will produce.
+    """
+
+    name = "eeipu"
+    cost_model = "stages"
+    memoize = True
+    cooling = True
+    inverse = "mc"

@@ -1,0 +1,159 @@
+"""Gaussian-process surrogates whose hyperparameter fits are reused between asks.
+
+A tuning loop asks for a proposal after every finished trial; refitting every GP from scratch
+each time is what made the published code slow. Here a GP's hyperparameters are refitted only
+when the data grew by a fraction since the last fit (warm-started from the previous values);
+between refits the GP is rebuilt on the new data with the stored hyperparameters, which costs
+one Cholesky factorisation. The hyperparameters are plain lists, so an optimizer's
+``state_dict`` carries them and a restored optimizer makes the same proposals.
+
+Targets are standardised here, outside the model, so that the stored hyperparameters never
+include data-dependent transform buffers.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from botorch.models import SingleTaskGP
+from botorch.optim.fit import fit_gpytorch_mll_scipy
+from gpytorch.mlls import ExactMarginalLogLikelihood
+from torch import Tensor
+
+__all__ = ["DTYPE", "FitState", "SurrogateGP", "fit_surrogate"]
+
+DTYPE = torch.float64
+
+
+@dataclass
+class FitState:
+    """What is kept of a GP between asks: its hyperparameters and the data size they fit."""
+
+    n_fit: int = 0
+    hypers: dict[str, list[float]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n_fit": self.n_fit, "hypers": self.hypers}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> FitState:
+        if not d:
+            return cls()
+        hypers = d.get("hypers")
+        return cls(
+            n_fit=int(d.get("n_fit", 0)),
+            hypers={k: [float(x) for x in v] for k, v in hypers.items()} if hypers else None,
+        )
+
+
+@dataclass
+class SurrogateGP:
+    """A fitted GP on standardised targets, with the standardisation to undo it.
+
+    ``model`` predicts ``(y - y_mean) / y_std``; ``predict`` returns mean and standard
+    deviation in the original units.
+    """
+
+    model: SingleTaskGP | None  # None: no inputs (a stage without hyperparameters)
+    y_mean: float
+    y_std: float
+    train_X: Tensor
+    train_Y: Tensor  # standardised, ``n x 1``
+    state: FitState = field(default_factory=FitState)
+
+    def predict(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior mean and standard deviation (original units) of the latent function.
+
+        Args:
+            X: ``batch_shape x q x d`` (or ``n x d``) inputs in the unit cube.
+
+        Returns:
+            Two tensors of shape ``batch_shape x q`` (or ``n``).
+        """
+        if self.model is None:
+            shape = X.shape[:-1]
+            return (
+                torch.full(shape, self.y_mean, dtype=DTYPE),
+                torch.full(shape, self.y_std, dtype=DTYPE),
+            )
+        post = self.model.posterior(X)
+        mean = post.mean.squeeze(-1)
+        std = post.variance.clamp_min(1e-12).sqrt().squeeze(-1)
+        return mean * self.y_std + self.y_mean, std * self.y_std
+
+    def with_fantasies(self, X: Tensor) -> SurrogateGP:
+        """Kriging believer: the same GP also "observing" its own mean at ``X`` (``m x d``).
+
+        Used for pending trials and the earlier picks of a batch, so that the expected
+        improvement near them vanishes. Hyperparameters are kept; nothing is refitted.
+        """
+        if self.model is None or X.shape[0] == 0:
+            return self
+        with torch.no_grad():
+            f = self.model.posterior(X).mean.reshape(-1, 1)
+        tx = torch.cat([self.train_X, X.to(DTYPE)])
+        ty = torch.cat([self.train_Y, f])
+        model = _build(tx, ty, self.state.hypers)
+        return SurrogateGP(model, self.y_mean, self.y_std, tx, ty, self.state)
+
+
+def _build(X: Tensor, Y: Tensor, hypers: dict[str, list[float]] | None) -> SingleTaskGP:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = SingleTaskGP(X, Y, outcome_transform=None)
+    if hypers:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in hypers and len(hypers[name]) == p.numel():
+                    p.copy_(torch.tensor(hypers[name], dtype=p.dtype).reshape(p.shape))
+    model.eval()
+    return model
+
+
+def fit_surrogate(
+    X: Tensor,
+    y: Tensor,
+    state: FitState | None = None,
+    refit_fraction: float = 0.1,
+    maxiter: int = 75,
+) -> SurrogateGP:
+    """Fit (or refresh) a GP on ``X`` (``n x d``) and targets ``y`` (``n``).
+
+    Hyperparameters are refitted when there are none yet or when ``n`` grew by at least
+    ``max(1, refit_fraction * n_fit)`` since the last fit; the fit starts from the previous
+    values. Otherwise the stored hyperparameters are reused as they are.
+    """
+    state = state or FitState()
+    y = y.to(DTYPE).reshape(-1)
+    n = int(y.shape[0])
+    y_mean = float(y.mean()) if n else 0.0
+    y_std = float(y.std()) if n > 1 else 1.0
+    if not math.isfinite(y_std) or y_std < 1e-9:
+        y_std = 1.0
+    Y = ((y - y_mean) / y_std).reshape(-1, 1)
+    X = X.to(DTYPE)
+    if X.shape[-1] == 0 or n == 0:
+        return SurrogateGP(None, y_mean, y_std, X, Y, state)
+    need = state.hypers is None or n >= state.n_fit + max(
+        1, math.ceil(refit_fraction * state.n_fit)
+    )
+    model = _build(X, Y, state.hypers)
+    if need:
+        model.train()
+        mll = ExactMarginalLogLikelihood(model.likelihood, model)
+        try:
+            with warnings.catch_warnings(), torch.enable_grad():
+                warnings.simplefilter("ignore")
+                fit_gpytorch_mll_scipy(mll, options={"maxiter": maxiter})
+        except Exception:  # a failed fit keeps the previous (or default) hyperparameters
+            model = _build(X, Y, state.hypers)
+        state = FitState(
+            n_fit=n,
+            hypers={k: p.detach().reshape(-1).tolist() for k, p in model.named_parameters()},
+        )
+        model.eval()
+    return SurrogateGP(model, y_mean, y_std, X, Y, state)
