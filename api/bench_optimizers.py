@@ -1,0 +1,377 @@
+"""The optimizer benchmark: every optimizer at equal cost budgets, over seeds and pipelines.
+
+Each (pipeline, optimizer, seed) run is a fresh ``api.tuning.tune`` with its own empty cache
+directory, so reuse comes only from what that run computed. Results: a CSV of every trial, a
+markdown table (means and 95% t-intervals over seeds), a PNG per pipeline of best-so-far
+against cumulative cost, and the paper's two metrics of EEIPU against each baseline:
+
+* % more candidates evaluated within the budget: ``mean n_trials(EEIPU) / mean n_trials(B) - 1``;
+* % larger improvement of the objective from the end of warm-up:
+  ``mean gain(EEIPU) / mean gain(B) - 1``, where ``gain`` is the best value at the end of the
+  run minus the best value after the warm-up trials (sign-adjusted when minimising).
+
+Optuna's TPE runs as an outside reference when optuna is installed.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+import shutil
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from eeipu.base import (
+    BudgetState,
+    CachedPrefix,
+    Candidate,
+    Observation,
+    Optimizer,
+    Pending,
+)
+from eeipu.space import Categorical, Float, Int, SearchSpace
+
+__all__ = ["OptunaTPE", "default_budget", "run_benchmark", "run_one"]
+
+BASELINES = ("ei", "eipu", "carbo", "random")
+CSV_FIELDS = [
+    "pipeline",
+    "optimizer",
+    "seed",
+    "trial",
+    "phase",
+    "value",
+    "best_so_far",
+    "cost_paid",
+    "cumulative_cost",
+    "reused_depth",
+    "planned_reuse",
+    "predicted_cost",
+    "ask_seconds",
+]
+
+
+class OptunaTPE(Optimizer):
+    """Optuna's TPE sampler behind the ask/tell contract (sequential; outside reference)."""
+
+    name = "tpe"
+
+    def __init__(
+        self, space: SearchSpace, direction: str = "maximize", seed: int = 0, n_warmup: int = 10
+    ) -> None:
+        super().__init__(space, direction=direction, seed=seed, n_warmup=n_warmup)
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self._optuna = optuna
+        self.study = optuna.create_study(
+            direction="maximize" if direction == "maximize" else "minimize",
+            sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_warmup),
+        )
+        self._asked: list[Any] = []
+        self._dists: dict[str, Any] = {}
+        for sp in space.specs:
+            p = sp.param
+            key = f"{sp.stage}.{sp.name}"
+            if isinstance(p, Float):
+                self._dists[key] = optuna.distributions.FloatDistribution(p.low, p.high, log=p.log)
+            elif isinstance(p, Int):
+                self._dists[key] = optuna.distributions.IntDistribution(p.low, p.high, log=p.log)
+            elif isinstance(p, Categorical):
+                self._dists[key] = optuna.distributions.CategoricalDistribution(list(p.choices))
+
+    def ask(
+        self,
+        n: int,
+        history: Sequence[Observation],
+        pending: Sequence[Pending] = (),
+        cached: Sequence[CachedPrefix] = (),
+        budget: BudgetState | None = None,
+    ) -> list[Candidate]:
+        # Tell what finished since the last ask (the loop is sequential: same order).
+        told = sum(1 for t in self._asked if t is None)
+        for i in range(told, min(len(history), len(self._asked))):
+            obs = history[i]
+            trial = self._asked[i]
+            state = self._optuna.trial.TrialState
+            if obs.value is None:
+                self.study.tell(trial, state=state.FAIL)
+            else:
+                self.study.tell(trial, obs.value)
+            self._asked[i] = None
+        out = []
+        for _ in range(n):
+            trial = self.study.ask(self._dists)
+            params: dict[str, dict[str, Any]] = {s: {} for s in self.space.stage_names}
+            for sp in self.space.specs:
+                params[sp.stage][sp.name] = sp.param.canonical(
+                    trial.params[f"{sp.stage}.{sp.name}"]
+                )
+            self._asked.append(trial)
+            out.append(Candidate(params, 0, None, None, {"phase": "model"}))
+        self.n_asked += len(out)
+        return out
+
+
+def _make(name: str, space: SearchSpace, direction: str, seed: int, n_warmup: int) -> Optimizer:
+    if name == "tpe":
+        return OptunaTPE(space, direction=direction, seed=seed, n_warmup=n_warmup)
+    from eeipu.registry import make_optimizer
+
+    return make_optimizer(name, space, direction=direction, seed=seed, n_warmup=n_warmup)
+
+
+def default_budget(pipeline: Any, n_full_runs: float = 50.0, seed: int = 0) -> float:
+    """``n_full_runs`` times the mean cost of a full run of random configurations."""
+    rng = random.Random(seed)
+    costs = [pipeline.run(pipeline.space.sample(rng)).total_cost_seconds for _ in range(20)]
+    return round(n_full_runs * statistics.mean(costs), 1)
+
+
+def run_one(
+    pipeline_name: str, optimizer: str, seed: int, budget: float, n_warmup: int = 10
+) -> dict[str, Any]:
+    """One tuning run in a fresh cache; returns its per-trial rows and summary."""
+    from api.tuning import tune
+    from cache import open_cache
+    from pipelines import get_pipeline
+
+    pipe = get_pipeline(pipeline_name)
+    tmp = tempfile.mkdtemp(prefix="eeipu-bench-opt-")
+    try:
+        opt = _make(optimizer, pipe.space, pipe.direction, seed, n_warmup)
+        res = tune(pipe, opt, budget, cache=open_cache(tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    sign = 1.0 if pipe.direction == "maximize" else -1.0
+    rows = []
+    for t in res.trials:
+        rows.append(
+            {
+                "pipeline": pipeline_name,
+                "optimizer": optimizer,
+                "seed": seed,
+                "trial": t.number,
+                "phase": t.phase,
+                "value": t.value,
+                "best_so_far": t.best_value,
+                "cost_paid": t.cost_paid,
+                "cumulative_cost": t.cumulative_cost,
+                "reused_depth": t.reused_depth,
+                "planned_reuse": t.planned_reuse,
+                "predicted_cost": t.predicted_cost,
+                "ask_seconds": t.ask_seconds,
+            }
+        )
+    vals = [sign * t.value for t in res.trials if t.value is not None]
+    warm = [sign * t.value for t in res.trials[:n_warmup] if t.value is not None]
+    final = max(vals) if vals else math.nan
+    warm_best = max(warm) if warm else math.nan
+    summary = res.summary()
+    model_asks = [t.ask_seconds for t in res.trials if t.phase == "model"]
+    return {
+        "pipeline": pipeline_name,
+        "optimizer": optimizer,
+        "seed": seed,
+        "n_trials": len(res.trials),
+        "final_best": sign * final,
+        "gain": final - warm_best,
+        "reuse_fraction": summary["n_trials_reusing_cache"] / max(1, len(res.trials)),
+        "cost_spent": summary["cost_spent"],
+        "overshoot": summary["overshoot"],
+        "ask_median": statistics.median(model_asks) if model_asks else math.nan,
+        "rows": rows,
+    }
+
+
+def _ci(xs: Sequence[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% t-interval."""
+    xs = [x for x in xs if math.isfinite(x)]
+    if not xs:
+        return math.nan, math.nan
+    m = statistics.fmean(xs)
+    if len(xs) < 2:
+        return m, math.nan
+    from scipy import stats
+
+    half = float(stats.t.ppf(0.975, len(xs) - 1)) * statistics.stdev(xs) / math.sqrt(len(xs))
+    return m, half
+
+
+def _fmt(m: float, h: float, digits: int = 4) -> str:
+    if not math.isfinite(m):
+        return "-"
+    if not math.isfinite(h):
+        return f"{m:.{digits}g}"
+    return f"{m:.{digits}g} ± {h:.2g}"
+
+
+def paper_metrics(runs: Sequence[Mapping[str, Any]], pipeline: str) -> dict[str, Any]:
+    """% more candidates and % larger gain of EEIPU against each baseline and their average."""
+
+    def mean_of(opt: str, key: str) -> float:
+        xs = [float(r[key]) for r in runs if r["pipeline"] == pipeline and r["optimizer"] == opt]
+        xs = [x for x in xs if math.isfinite(x)]
+        return statistics.fmean(xs) if xs else math.nan
+
+    out: dict[str, Any] = {}
+    n_e, g_e = mean_of("eeipu", "n_trials"), mean_of("eeipu", "gain")
+    if not math.isfinite(n_e):
+        return out
+    for b in sorted({str(r["optimizer"]) for r in runs if r["pipeline"] == pipeline}):
+        if b == "eeipu":
+            continue
+        n_b, g_b = mean_of(b, "n_trials"), mean_of(b, "gain")
+        out[b] = {
+            "more_candidates_pct": 100.0 * (n_e / n_b - 1.0) if n_b else math.nan,
+            "candidates_ratio": n_e / n_b if n_b else math.nan,
+            "larger_gain_pct": 100.0 * (g_e / g_b - 1.0) if g_b > 0 else math.nan,
+        }
+    gp = [b for b in ("ei", "eipu", "carbo") if b in out]
+    if gp:
+        out["average_gp_baselines"] = {
+            k: statistics.fmean(out[b][k] for b in gp)
+            for k in ("more_candidates_pct", "candidates_ratio", "larger_gain_pct")
+        }
+    return out
+
+
+def _plot(runs: Sequence[Mapping[str, Any]], pipeline: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    mine = [r for r in runs if r["pipeline"] == pipeline]
+    budget = max((r["cost_spent"] for r in mine), default=1.0)
+    grid = np.linspace(0, budget, 200)
+    for opt in sorted({r["optimizer"] for r in mine}):
+        curves = []
+        for r in (r for r in mine if r["optimizer"] == opt):
+            c = np.array([row["cumulative_cost"] for row in r["rows"]], dtype=float)
+            b = np.array(
+                [np.nan if row["best_so_far"] is None else row["best_so_far"] for row in r["rows"]],
+                dtype=float,
+            )
+            idx = np.searchsorted(c, grid, side="right") - 1
+            curves.append(np.where(idx >= 0, b[np.clip(idx, 0, None)], np.nan))
+        arr = np.array(curves)
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            mean = np.nanmean(arr, axis=0)
+            lo, hi = np.nanpercentile(arr, 25, axis=0), np.nanpercentile(arr, 75, axis=0)
+        (line,) = ax.plot(grid, mean, label=opt, lw=2 if opt == "eeipu" else 1.2)
+        ax.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.12)
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_xlabel("cumulative cost (s)")
+    ax.set_ylabel("best objective so far (mean; band: quartiles)")
+    ax.set_title(pipeline)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_benchmark(
+    pipelines: Sequence[str],
+    optimizers: Sequence[str],
+    seeds: int,
+    out_dir: Path,
+    budget: float | None = None,
+    jobs: int = 1,
+    n_warmup: int = 10,
+    log: Any = None,
+) -> dict[str, Any]:
+    """Run every (pipeline, optimizer, seed), write CSV / markdown / PNGs, return figures."""
+    from pipelines import get_pipeline
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    budgets = {
+        p: budget if budget is not None else default_budget(get_pipeline(p)) for p in pipelines
+    }
+    tasks = [
+        (p, o, s, budgets[p], n_warmup) for p in pipelines for s in range(seeds) for o in optimizers
+    ]
+    t0 = time.perf_counter()
+    runs: list[dict[str, Any]] = []
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as ex:
+            futs = [ex.submit(run_one, *t) for t in tasks]
+            for f in futs:
+                runs.append(f.result())
+                _log_run(log, runs[-1], len(runs), len(tasks))
+    else:
+        for t in tasks:
+            runs.append(run_one(*t))
+            _log_run(log, runs[-1], len(runs), len(tasks))
+    with open(out_dir / "trials.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for r in runs:
+            w.writerows(r["rows"])
+    result: dict[str, Any] = {"budgets": budgets, "seeds": seeds, "pipelines": {}}
+    lines = ["# Optimizer benchmark", ""]
+    for p in pipelines:
+        lines += [
+            f"## {p} (budget {budgets[p]} s, {seeds} seeds, mean ± 95% CI)",
+            "",
+            "| optimizer | trials | final best | gain after warm-up | reuse % | overshoot s "
+            "| median ask s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        per: dict[str, Any] = {}
+        for o in optimizers:
+            rs = [r for r in runs if r["pipeline"] == p and r["optimizer"] == o]
+            if not rs:
+                continue
+            stats_ = {
+                k: _ci([float(r[k]) for r in rs])
+                for k in ("n_trials", "final_best", "gain", "reuse_fraction", "overshoot")
+            }
+            asks = [float(r["ask_median"]) for r in rs if math.isfinite(float(r["ask_median"]))]
+            ask = statistics.median(asks) if asks else math.nan
+            per[o] = {k: {"mean": v[0], "ci95": v[1]} for k, v in stats_.items()}
+            per[o]["ask_median_seconds"] = ask
+            lines.append(
+                f"| {o} | {_fmt(*stats_['n_trials'])} | {_fmt(*stats_['final_best'])} | "
+                f"{_fmt(*stats_['gain'])} | {100 * stats_['reuse_fraction'][0]:.0f} | "
+                f"{stats_['overshoot'][0]:.3g} | {ask:.3f} |"
+            )
+        pm = paper_metrics(runs, p)
+        lines += ["", "EEIPU against each baseline (the paper's two metrics):", ""]
+        lines += ["| baseline | % more candidates | candidates ratio | % larger gain |"]
+        lines += ["|---|---|---|---|"]
+        for b, m in pm.items():
+            lines.append(
+                f"| {b} | {m['more_candidates_pct']:.1f} | {m['candidates_ratio']:.2f} | "
+                f"{m['larger_gain_pct']:.1f} |"
+            )
+        lines.append("")
+        png = out_dir / f"{p}.png"
+        _plot(runs, p, png)
+        lines += [f"![{p}]({png.name})", ""]
+        result["pipelines"][p] = {"optimizers": per, "eeipu_vs": pm, "plot": str(png)}
+    (out_dir / "summary.md").write_text("\n".join(lines))
+    result["csv"] = str(out_dir / "trials.csv")
+    result["markdown"] = str(out_dir / "summary.md")
+    result["seconds"] = time.perf_counter() - t0
+    return result
+
+
+def _log_run(log: Any, r: Mapping[str, Any], i: int, n: int) -> None:
+    if log is None:
+        return
+    log(
+        f"[{i}/{n}] {r['pipeline']} {r['optimizer']} seed={r['seed']}: "
+        f"{r['n_trials']} trials, best {r['final_best']:.4g}, "
+        f"reuse {100 * r['reuse_fraction']:.0f}%, ask {r['ask_median']:.3f}s"
+    )
