@@ -80,9 +80,7 @@ class _Data:
         return part[0][b], part[1][b], part[2][b]
 
 
-def _start(
-    orig: TrainedModel, device: str, seed: int
-) -> tuple[FusionNet, FusionNet, torch.device]:
+def _start(orig: TrainedModel, device: str, seed: int) -> tuple[FusionNet, FusionNet, torch.device]:
     torch.manual_seed(seed)
     dev = resolve_device(device)
     og = build(orig.cfg, orig.state, device=device)
@@ -138,7 +136,9 @@ def forget_mi(
     if init_noise > 0:
         with torch.no_grad():
             for p in ul.parameters():
-                p.add_(init_noise * (float(p.std()) if p.numel() > 1 else 1.0) * torch.randn_like(p))
+                p.add_(
+                    init_noise * (float(p.std()) if p.numel() > 1 else 1.0) * torch.randn_like(p)
+                )
     weights = {"uu": w_uu, "ur": w_ur, "mu": w_mu, "mr": w_mr}
     opt = _adamw(ul.parameters(), lr)
     ul.eval()  # no dropout: the distances compare deterministic embeddings

@@ -202,6 +202,7 @@ def make_pipeline(
     source: str = "openi",
     label: str = "abnormal",
     device: str | None = None,
+    tune_upstream: bool = True,
 ) -> UnlearningPipeline:
     """Build one method's pipeline (lazy: the data loads on the first run or fingerprint).
 
@@ -212,6 +213,9 @@ def make_pipeline(
         label: ``"abnormal"`` (MeSH not exactly "normal") or a MeSH heading.
         device: ``"cpu"`` (default) or ``"cuda"`` (used only if available); defaults to
             ``$EEIPU_UNLEARNING_DEVICE`` or ``cpu``. Not part of the cache key.
+        tune_upstream: ``False`` pins featurize and train to their defaults (single-choice
+            spaces), so a tuner searches only the method's own hyperparameters against a
+            fixed original and retrained model (what "tuned unlearning" compares).
     """
     if method not in METHOD_NAMES:
         raise ValueError(f"unknown method {method!r}; choose one of {list(METHOD_NAMES)}")
@@ -293,9 +297,13 @@ def make_pipeline(
         return f"{load_data(source, label).fingerprint}|forget={forget_fraction!r}|label={label}"
 
     version = f"{method}.1"
+    f_space, t_space = FEATURIZE_SPACE, TRAIN_SPACE
+    if not tune_upstream:
+        f_space = {k: Categorical([v]) for k, v in FEATURIZE_DEFAULTS.items()}
+        t_space = {k: Categorical([v]) for k, v in TRAIN_DEFAULTS.items()}
     stages = [
-        Stage("featurize", featurize_stage, FEATURIZE_SPACE, version="1"),
-        Stage("train", train_stage, TRAIN_SPACE, version="1"),
+        Stage("featurize", featurize_stage, f_space, version="1"),
+        Stage("train", train_stage, t_space, version="1"),
         Stage("unlearn", unlearn_stage, UNLEARN_SPACES[method], version=version),
         Stage("evaluate", evaluate_stage, {}, version="1"),
     ]
