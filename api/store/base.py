@@ -117,6 +117,7 @@ class StageRun:
     cost_seconds: float = 0.0
     load_seconds: float = 0.0
     bytes: int = 0
+    original_cost_seconds: float = 0.0  # what computing it cost (also for a hit)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -87,3 +87,4 @@ class StageRunRow(Base):
     cost_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     load_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    original_cost_seconds: Mapped[float] = mapped_column(Float, default=0.0)

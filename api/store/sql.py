@@ -102,6 +102,7 @@ def _stage(row: StageRunRow) -> StageRun:
         cost_seconds=row.cost_seconds,
         load_seconds=row.load_seconds,
         bytes=row.bytes,
+        original_cost_seconds=row.original_cost_seconds,
     )
 
 
@@ -384,6 +385,9 @@ class SQLTrialStore(TrialStore):
             q = q.where(StudyRow.mode.in_(list(modes)))
         q = q.order_by(TrialRow.id).limit(1).with_for_update(skip_locked=True, of=TrialRow)
         for _ in range(20):
+            with self._read() as r:  # most polls find nothing: don't take the write lock
+                if r.scalar(q) is None:
+                    return None
             with self._write() as s:
                 tid = s.scalar(q)
                 if tid is None:
@@ -461,6 +465,7 @@ class SQLTrialStore(TrialStore):
                         cost_seconds=sr.cost_seconds,
                         load_seconds=sr.load_seconds,
                         bytes=sr.bytes,
+                        original_cost_seconds=sr.original_cost_seconds,
                     )
                 )
             st.cost_spent += float(result.cost_seconds)

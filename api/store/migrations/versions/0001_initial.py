@@ -85,6 +85,7 @@ def upgrade() -> None:
         sa.Column("cost_seconds", sa.Float(), nullable=False),
         sa.Column("load_seconds", sa.Float(), nullable=False),
         sa.Column("bytes", sa.BigInteger(), nullable=False),
+        sa.Column("original_cost_seconds", sa.Float(), nullable=False),
         sa.ForeignKeyConstraint(["study_id"], ["studies.id"], ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["trial_id"], ["trials.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),

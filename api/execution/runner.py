@@ -1,0 +1,106 @@
+"""Running one trial: resolve the pipeline, run it through the cache, make a ``TrialResult``.
+
+Shared by the local worker processes and the Dask tasks, so both report trials identically.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from api.store import StageRun, TrialResult, TrialState
+
+_pipelines: dict[tuple[str, tuple[str, ...]], Any] = {}
+_caches: dict[tuple[str, int | None], Any] = {}
+
+
+def resolve_pipeline(name: str, allowed_modules: Sequence[str]) -> Any:
+    """The pipeline by name (memoised per process: built-ins load their data once)."""
+    from pipelines import get_pipeline
+
+    key = (name, tuple(allowed_modules))
+    if key not in _pipelines:
+        _pipelines[key] = get_pipeline(name, allowed_modules=allowed_modules)
+    return _pipelines[key]
+
+
+def open_cache_cached(location: str, max_bytes: int | None) -> Any:
+    from cache import open_cache
+
+    key = (location, max_bytes)
+    if key not in _caches:
+        _caches[key] = open_cache(location, max_bytes=max_bytes)
+    return _caches[key]
+
+
+def execute_trial(
+    pipeline: Any, params: dict[str, dict[str, Any]], cache: Any, objective: str
+) -> TrialResult:
+    """Run ``params`` (reusing the deepest cached prefix); failures become FAILED results."""
+    try:
+        rec = pipeline.run(params, cache=cache, seed=None)
+    except Exception as e:
+        tb = traceback.format_exc(limit=3)
+        return TrialResult(TrialState.FAILED, error=f"{type(e).__name__}: {e}\n{tb}"[:4000])
+    stages = [
+        StageRun(
+            stage=s.stage,
+            position=i,
+            key=s.key,
+            hit=s.hit,
+            cost_seconds=s.cost_seconds,
+            load_seconds=s.load_seconds,
+            bytes=s.bytes,
+            original_cost_seconds=s.original_cost_seconds,
+        )
+        for i, s in enumerate(rec.stages)
+    ]
+    metrics = {k: float(v) for k, v in rec.metrics.items()}
+    value = metrics.get(objective)
+    state, error = TrialState.COMPLETE, None
+    if value is None:
+        state, error = (
+            TrialState.FAILED,
+            f"objective {objective!r} not in metrics {sorted(metrics)}",
+        )
+    elif not math.isfinite(value):
+        state, error = TrialState.FAILED, f"objective {objective!r} is not finite ({value})"
+    return TrialResult(
+        state=state,
+        metrics=metrics,
+        value=value if state == TrialState.COMPLETE else None,
+        cost_seconds=float(rec.total_cost_seconds),
+        reused_depth=int(rec.reused_depth),
+        stages=stages,
+        error=error,
+    )
+
+
+def run_trial_task(
+    pipeline_name: str,
+    params: dict[str, dict[str, Any]],
+    objective: str,
+    cache_location: str,
+    cache_max_bytes: int | None,
+    allowed_modules: Sequence[str],
+) -> dict[str, Any]:
+    """A trial as a picklable task (for Dask workers): returns the result as plain data."""
+    from dataclasses import asdict
+
+    pipe = resolve_pipeline(pipeline_name, allowed_modules)
+    cache = open_cache_cached(cache_location, cache_max_bytes)
+    return asdict(execute_trial(pipe, params, cache, objective))
+
+
+def result_from_dict(d: dict[str, Any]) -> TrialResult:
+    return TrialResult(
+        state=TrialState(d["state"]),
+        metrics=dict(d.get("metrics") or {}),
+        value=d.get("value"),
+        cost_seconds=float(d.get("cost_seconds") or 0.0),
+        reused_depth=int(d.get("reused_depth") or 0),
+        stages=[StageRun(**s) for s in d.get("stages") or []],
+        error=d.get("error"),
+    )

@@ -1,0 +1,119 @@
+"""``/v1/studies/{id}/trials``: list and show trials; ask/tell for clients running stages."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+
+from api.deps import Authorized, Limit, Offset, ServiceDep, StudyId, TrialId
+from api.routes.studies import ERRORS
+from api.schemas import AskIn, AskOut, HeartbeatIn, TellIn, TrialOut, TrialPage, page_out, trial_out
+from api.service import ServiceError, not_found
+from api.store import StageRun, TrialResult, TrialState
+
+router = APIRouter(prefix="/studies/{study_id}", tags=["trials"])
+
+
+@router.get("/trials", responses={200: {"model": TrialPage}, **ERRORS}, response_model=None)
+def list_trials(
+    study_id: StudyId,
+    svc: ServiceDep,
+    state: Annotated[list[TrialState] | None, Query(description="filter (repeatable)")] = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+    stages: Annotated[bool, Query(description="include each trial's stage runs")] = False,
+) -> Any:
+    svc.get_study(study_id)
+    rows = svc.store.list_trials(study_id, state, limit, offset, with_stages=stages)
+    total = svc.store.count_trials(study_id, state)
+    return JSONResponse(page_out([trial_out(t) for t in rows], total, limit, offset))
+
+
+@router.get(
+    "/trials/{trial_id}", responses={200: {"model": TrialOut}, **ERRORS}, response_model=None
+)
+def get_trial(study_id: StudyId, trial_id: TrialId, svc: ServiceDep) -> Any:
+    t = svc.store.get_trial(trial_id, with_stages=True)
+    if t is None or t.study_id != study_id:
+        raise not_found(f"trial {trial_id} of study {study_id}")
+    return JSONResponse(trial_out(t))
+
+
+@router.post(
+    "/ask",
+    dependencies=[Authorized],
+    responses={200: {"model": AskOut}, **ERRORS},
+    response_model=None,
+)
+def ask(study_id: StudyId, svc: ServiceDep, body: AskIn | None = None) -> Any:
+    """Claim a trial: its params, the cached prefix to reuse and every stage's cache key."""
+    t = svc.ask(study_id, body.worker if body else None)
+    st = svc.get_study(study_id)
+    pipe = svc.pipeline(st.spec.pipeline)
+    keys = pipe.keys(t.params)
+    depth = max(0, min(t.reuse_depth, len(keys)))
+    d = trial_out(t)
+    d["reuse"] = {
+        "depth": depth,
+        "key": keys[depth - 1] if depth else None,
+        "params": {s.name: t.params[s.name] for s in pipe.stages[:depth]},
+    }
+    d["stage_keys"] = keys
+    return JSONResponse(d)
+
+
+@router.post(
+    "/trials/{trial_id}/tell",
+    dependencies=[Authorized],
+    responses={200: {"model": TrialOut}, **ERRORS},
+    response_model=None,
+)
+def tell(study_id: StudyId, trial_id: TrialId, body: TellIn, svc: ServiceDep) -> Any:
+    """Report a trial's metrics, per-stage costs and cache hits (finishes it for good)."""
+    stages = [
+        StageRun(
+            stage=s.stage,
+            position=i,
+            key=s.key,
+            hit=s.hit,
+            cost_seconds=s.cost_seconds,
+            load_seconds=s.load_seconds,
+            bytes=s.bytes,
+            original_cost_seconds=(
+                s.original_cost_seconds if s.original_cost_seconds is not None else s.cost_seconds
+            ),
+        )
+        for i, s in enumerate(body.stages)
+    ]
+    reused = 0
+    for s in stages:
+        if not s.hit:
+            break
+        reused += 1
+    cost = body.cost_seconds
+    if cost is None:
+        cost = sum(s.cost_seconds + s.load_seconds for s in stages)
+    if body.state == "FAILED" and body.value is not None:
+        raise ServiceError(422, "a FAILED trial has no value", "invalid_value")
+    result = TrialResult(
+        state=TrialState(body.state),
+        metrics=dict(body.metrics),
+        value=body.value,
+        cost_seconds=cost,
+        reused_depth=reused,
+        stages=stages,
+        error=body.error,
+    )
+    return JSONResponse(trial_out(svc.tell(study_id, trial_id, body.worker, result)))
+
+
+@router.post(
+    "/trials/{trial_id}/heartbeat", dependencies=[Authorized], responses=ERRORS, response_model=None
+)
+def heartbeat(
+    study_id: StudyId, trial_id: TrialId, svc: ServiceDep, body: HeartbeatIn | None = None
+) -> Any:
+    svc.heartbeat(study_id, trial_id, body.worker if body else None)
+    return JSONResponse({"ok": True})
