@@ -1,0 +1,141 @@
+"""EEIPU and the GP baselines (``eeipu.bo``): prefix pool, batches, budget, state."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eeipu.base import BudgetState, CachedPrefix, Pending, prefix_id
+from eeipu.bo import EEIPU, copula
+from eeipu.registry import make_optimizer
+from eeipu.space import SearchSpace
+
+from .conftest import toy_history
+
+FAST = {"raw_samples": 16, "maxiter": 10, "mc_samples": 32, "restarts": 1}
+
+
+def _opt(space: SearchSpace, name: str = "eeipu", seed: int = 0) -> EEIPU:
+    opt = make_optimizer(name, space, seed=seed, n_warmup=5, **FAST)
+    assert isinstance(opt, EEIPU) or name != "eeipu"
+    return opt  # type: ignore[return-value]
+
+
+def _cached(space: SearchSpace, history: list, depths: tuple[int, ...] = (1, 2)) -> list:
+    return [
+        CachedPrefix(d, {s: o.params[s] for s in space.stage_names[:d]}, 0.01)
+        for o in history[:6]
+        for d in depths
+    ]
+
+
+def test_warmup_is_random_then_model_based(space: SearchSpace) -> None:
+    opt = _opt(space)
+    first = opt.ask(1, [])
+    assert first[0].info["phase"] == "warmup"
+    hist = toy_history(space, 12)
+    cand = opt.ask(1, hist, cached=_cached(space, hist), budget=BudgetState(100.0, 40.0, 20.0))
+    assert cand[0].info["phase"] == "model"
+    assert 0.0 < cand[0].info["eta"] < 1.0
+
+
+def test_prefix_not_cached_nor_pending_is_never_planned(space: SearchSpace) -> None:
+    hist = toy_history(space, 15)
+    for seed in range(3):
+        opt = _opt(space, seed=seed)
+        # Nothing cached, nothing pending: only full runs can be planned.
+        for c in opt.ask(3, hist, budget=BudgetState(1000.0, 10.0, 5.0)):
+            assert c.reuse_depth == 0
+        cached = _cached(space, hist, depths=(2,))[:3]
+        pending = [Pending(hist[7].params, 0)]
+        allowed = {prefix_id(space, p.params, p.depth) for p in cached} | {
+            prefix_id(space, pending[0].params, d) for d in (1, 2)
+        }
+        for c in opt.ask(4, hist, pending, cached, BudgetState(1000.0, 10.0, 5.0)):
+            if c.reuse_depth:
+                assert prefix_id(space, c.params, c.reuse_depth) in allowed
+                assert c.info["via"] in ("cache", "pending")
+
+
+def test_reuse_is_planned_when_cheap(space: SearchSpace) -> None:
+    hist = toy_history(space, 20)
+    opt = make_optimizer("eeipu", space, seed=0, n_warmup=5, eta=1.0)
+    cands = opt.ask(4, hist, cached=_cached(space, hist), budget=BudgetState(1000.0, 10.0, 5.0))
+    assert any(c.reuse_depth > 0 for c in cands)
+    full = sum(hist[0].stage_costs)
+    for c in cands:
+        if c.reuse_depth:
+            assert c.predicted_cost is not None and c.predicted_cost < full
+
+
+def test_batch_has_no_duplicates(space: SearchSpace) -> None:
+    hist = toy_history(space, 15)
+    pending = [Pending(toy_history(space, 1, seed=9)[0].params, 0)]
+    for name in ("eeipu", "ei", "eipu", "carbo", "random"):
+        opt = make_optimizer(name, space, seed=1, n_warmup=5)
+        cands = opt.ask(6, hist, pending, _cached(space, hist), BudgetState(1000.0, 10.0, 5.0))
+        ids = [prefix_id(space, c.params, 3) for c in cands]
+        assert len(cands) == 6 and len(set(ids)) == 6, name
+        seen = {prefix_id(space, o.params, 3) for o in hist} | {
+            prefix_id(space, pending[0].params, 3)
+        }
+        assert not seen & set(ids), name
+
+
+@pytest.mark.parametrize("name", ["eeipu", "ei", "eipu", "carbo"])
+def test_budget_margin_is_respected(space: SearchSpace, name: str) -> None:
+    hist = toy_history(space, 15)
+    opt = make_optimizer(name, space, seed=0, n_warmup=5, **FAST)
+    budget = BudgetState(total=100.0, spent=97.0, warmup_spent=20.0, margin=0.5)
+    cands = opt.ask(5, hist, (), _cached(space, hist), budget)
+    total = sum(c.predicted_cost or 0.0 for c in cands)
+    assert all(c.predicted_cost is not None for c in cands)
+    assert total <= budget.remaining + budget.margin
+    assert opt.ask(3, hist, (), _cached(space, hist), BudgetState(100.0, 100.0, 20.0)) == []
+
+
+def test_save_restore_gives_identical_proposals(space: SearchSpace) -> None:
+    hist = toy_history(space, 14)
+    cached = _cached(space, hist)
+    budget = BudgetState(200.0, 50.0, 20.0)
+    a = _opt(space, seed=4)
+    a.ask(2, hist[:12], (), cached, budget)  # fits models, advances the generator
+    state = json.loads(json.dumps(a.state_dict()))
+    b = _opt(space, seed=999)
+    b.load_state_dict(state)
+    pa = a.ask(3, hist, (), cached, budget)
+    pb = b.ask(3, hist, (), cached, budget)
+    assert [c.params for c in pa] == [c.params for c in pb]
+    assert [c.reuse_depth for c in pa] == [c.reuse_depth for c in pb]
+    # And the next ask differs from the previous one (no repeats).
+    assert a.ask(1, hist, (), cached, budget)[0].params not in [c.params for c in pa]
+
+
+def test_same_seed_same_proposals(space: SearchSpace) -> None:
+    hist = toy_history(space, 12)
+    cached = _cached(space, hist)
+    runs = [_opt(space, seed=2).ask(2, hist, (), cached, BudgetState(100.0)) for _ in range(2)]
+    assert [c.params for c in runs[0]] == [c.params for c in runs[1]]
+
+
+@pytest.mark.parametrize("name", ["ei", "eipu", "carbo"])
+def test_baselines_never_plan_reuse(space: SearchSpace, name: str) -> None:
+    hist = toy_history(space, 12)
+    opt = make_optimizer(name, space, seed=0, n_warmup=5, **FAST)
+    for c in opt.ask(3, hist, (), _cached(space, hist), BudgetState(1000.0)):
+        assert c.reuse_depth == 0
+
+
+def test_minimize_flips_the_objective(space: SearchSpace) -> None:
+    hist = toy_history(space, 12)
+    opt = make_optimizer("ei", space, direction="minimize", seed=0, n_warmup=5, eta=0.0, **FAST)
+    assert opt.sign() == -1.0
+    assert len(opt.ask(1, hist)) == 1
+
+
+def test_copula_is_monotone_with_tied_ranks() -> None:
+    import torch
+
+    z = copula(torch.tensor([3.0, -1e5, 2.0, 2.0, 10.0], dtype=torch.float64))
+    assert z[1] < z[2] == z[3] < z[0] < z[4]
