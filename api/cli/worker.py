@@ -1,0 +1,60 @@
+"""``eeipu worker``: run trials of managed studies from the store, on any machine.
+
+Point it at the server's database (PostgreSQL for many machines) and at the same cache
+(a shared directory or fsspec URL); start the server with ``--workers 0`` if only these run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from typing import Any
+
+from api.cli.common import emit_json
+from api.config import Settings
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("worker", help="run trials from the trial store (separate workers)")
+    p.add_argument("--db", default=None, help="database URL (default: $EEIPU_DB or SQLite)")
+    p.add_argument("--cache", default=None, help="cache directory or fsspec URL (shared)")
+    p.add_argument("--cache-max-bytes", type=int, default=None)
+    p.add_argument("--study", type=int, default=None, help="only trials of this study")
+    p.add_argument("--max-trials", type=int, default=None, help="exit after this many trials")
+    p.add_argument("--idle-exit", type=float, default=None, help="exit after idle seconds")
+    p.add_argument("--json", action="store_true", help="print a summary as one JSON line")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from api.store import open_store
+    from api.worker import Worker
+
+    s = Settings()
+    if args.max_trials is not None and args.max_trials < 1:
+        raise ValueError("--max-trials must be >= 1")
+    if args.idle_exit is not None and args.idle_exit < 0:
+        raise ValueError("--idle-exit must be >= 0")
+    store = open_store(args.db or s.db_url, pool_size=2)
+    w = Worker(
+        store,
+        args.cache or s.cache,
+        args.cache_max_bytes or s.cache_max_bytes,
+        s.allowed_pipeline_modules,
+        s.heartbeat_interval,
+        study_id=args.study,
+        max_trials=args.max_trials,
+        idle_exit=args.idle_exit,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: w.stop.set())
+    try:
+        done = w.run()
+    except KeyboardInterrupt:
+        done = w.done
+    finally:
+        store.close()
+    if args.json:
+        emit_json({"worker": w.id, "trials": done})
+    else:
+        print(f"worker {w.id}: {done} trials")
+    return 0

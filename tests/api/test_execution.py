@@ -1,0 +1,247 @@
+"""End-to-end over real HTTP against ``eeipu serve`` (uvicorn on loopback, subprocesses).
+
+Every wait is bounded by a generous deadline; no assertion depends on timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.api._server import ROOT, LiveServer, restart, start_server
+
+GATED = "tests.api.gated_pipeline:pipeline"
+
+
+def _create(srv: LiveServer, **body: Any) -> dict[str, Any]:
+    r = srv.client.post("/v1/studies", json=body)
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def _trials(srv: LiveServer, study_id: int, **q: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    offset = 0
+    while True:
+        page = srv.client.get(
+            f"/v1/studies/{study_id}/trials", params={"offset": offset, "limit": 100, **q}
+        ).json()
+        out += page["items"]
+        if page["next_offset"] is None:
+            return out
+        offset = page["next_offset"]
+
+
+def _wait(cond: Any, what: str, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_study_completes_with_two_workers_and_next_study_reuses_cache(
+    server: LiveServer,
+) -> None:
+    st = _create(server, pipeline="synthetic-3stage", optimizer="random", budget_seconds=40)
+    assert st["state"] == "running" and st["parallelism"] == 2
+    done = server.wait_study(st["id"])
+    assert done["state"] == "completed", done
+    trials = _trials(server, st["id"])
+    complete = [t for t in trials if t["state"] == "COMPLETE"]
+    assert complete and done["n_complete"] == len(complete)
+    assert done["trials_done"] == len([t for t in trials if t["state"] in ("COMPLETE", "FAILED")])
+    assert done["cost_spent"] == pytest.approx(sum(t["cost_seconds"] or 0 for t in trials))
+    best = server.client.get(f"/v1/studies/{st['id']}/best").json()
+    top = max(complete, key=lambda t: t["value"])
+    assert best["value"] == top["value"] and best["trial_id"] == top["id"]
+    assert best["params"] == top["params"]
+    assert {t["number"] for t in trials} == set(range(len(trials)))
+    assert len(workers := {t["worker"] for t in complete}) >= 1 and all(workers)
+
+    # Same seed and optimizer: the second study proposes the same configurations and finds
+    # their stages in the cache the first study filled.
+    st2 = _create(
+        server, pipeline="synthetic-3stage", optimizer="random", budget_seconds=40, max_trials=3
+    )
+    done2 = server.wait_study(st2["id"])
+    assert done2["state"] == "completed"
+    t2 = _trials(server, st2["id"], stages=True)
+    reused = [t for t in t2 if (t["reused_depth"] or 0) > 0]
+    assert reused, t2
+    assert all(s["hit"] for t in reused for s in t["stages"][: t["reused_depth"]])
+    assert done2["cost_spent"] < sum(t["cost_seconds"] for t in complete[:3])
+    cache = server.client.get("/v1/cache", params={"pipeline": "synthetic-3stage"}).json()
+    assert cache["hits"] > 0 and cache["compute_seconds_saved"] > 0 and cache["bytes"] > 0
+
+
+@pytest.fixture
+def gate(tmp_path: Path) -> Path:
+    return tmp_path / "gate-open"
+
+
+def _gated_server(tmp_path: Path, db_url: str, gate: Path, workers: int = 2) -> LiveServer:
+    return start_server(
+        tmp_path,
+        db_url=db_url,
+        workers=workers,
+        extra_env={
+            "EEIPU_ALLOWED_PIPELINE_MODULES": "tests.api.gated_pipeline",
+            "EEIPU_TEST_GATE": str(gate),
+        },
+    )
+
+
+def test_killed_worker_trial_is_retried(tmp_path: Path, sqlite_url: str, gate: Path) -> None:
+    srv = _gated_server(tmp_path, sqlite_url, gate)
+    try:
+        st = _create(srv, pipeline=GATED, optimizer="random", budget_seconds=1000, max_trials=3)
+        running = _wait(lambda: _trials(srv, st["id"], state="RUNNING"), "a trial to start", 60)
+        victim = running[0]
+        pid = int(victim["worker"].split(":")[1])
+        os.kill(pid, signal.SIGKILL)  # mid-trial: it is blocked at the gate
+        # The supervisor notices the death, gives the trial back and starts a new worker.
+        _wait(
+            lambda: (
+                srv.client.get(f"/v1/studies/{st['id']}/trials/{victim['id']}").json()["attempts"]
+                >= 2
+            ),
+            "the trial to be retried",
+        )
+        gate.touch()
+        done = srv.wait_study(st["id"])
+        assert done["state"] == "completed" and done["n_complete"] == 3 and done["n_failed"] == 0
+        t = srv.client.get(f"/v1/studies/{st['id']}/trials/{victim['id']}").json()
+        assert t["state"] == "COMPLETE" and t["attempts"] == 2
+        assert t["failures"][0]["worker"] == victim["worker"] and t["worker"] != victim["worker"]
+        w = srv.client.get("/v1/workers").json()
+        assert w["replaced"] >= 1 and all(p["alive"] for p in w["workers"])
+    finally:
+        srv.stop()
+
+
+def test_server_killed_and_restarted_resumes_without_loss_or_duplicates(
+    tmp_path: Path, sqlite_url: str, gate: Path
+) -> None:
+    """kill -9 the server AND its workers mid-study (a crashed machine), then restart."""
+    from eeipu import make_optimizer
+    from tests.api.gated_pipeline import pipeline
+
+    srv = _gated_server(tmp_path, sqlite_url, gate)
+    n = 6
+    st = _create(srv, pipeline=GATED, optimizer="random", budget_seconds=1000, max_trials=n, seed=7)
+    _wait(lambda: len(_trials(srv, st["id"], state="RUNNING")) == 2, "2 running trials")
+    pids = [p["pid"] for p in srv.client.get("/v1/workers").json()["workers"]]
+    srv.kill()
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    srv2 = restart(srv)
+    try:
+        gate.touch()
+        # The dead workers' trials have no heartbeat: the new server's reaper gives them back.
+        done = srv2.wait_study(st["id"], timeout=120)
+        assert done["state"] == "completed", done
+        trials = _trials(srv2, st["id"])
+        assert [t["number"] for t in trials] == list(range(n))  # nothing lost
+        assert all(t["state"] == "COMPLETE" for t in trials)
+        assert done["n_complete"] == n and done["trials_done"] == n
+        retried = [t for t in trials if t["attempts"] > 1]
+        assert len(retried) == 2 and all(
+            "no heartbeat" in t["failures"][0]["reason"] for t in retried
+        )
+        # The proposals are exactly the optimizer's sequence: none repeated, none skipped.
+        opt = make_optimizer("random", pipeline.space, "maximize", seed=7)
+        expected = [opt.ask(1, [])[0].params for _ in range(n)]
+        assert [t["params"] for t in trials] == [pipeline.canonical(p) for p in expected]
+    finally:
+        srv2.stop()
+
+
+def test_dask_cluster_runs_a_study(tmp_path: Path, sqlite_url: str) -> None:
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        worker_dashboard_address=None,
+    ) as cluster:
+        srv = start_server(
+            tmp_path, db_url=sqlite_url, workers=0, extra_args=["--dask", cluster.scheduler_address]
+        )
+        try:
+            w = srv.client.get("/v1/workers").json()
+            assert w["kind"] == "dask" and len(w["workers"]) == 2
+            st = _create(srv, pipeline="synthetic-3stage", optimizer="random", budget_seconds=30)
+            done = srv.wait_study(st["id"])
+            assert done["state"] == "completed" and done["n_complete"] >= 1
+            trials = _trials(srv, st["id"], stages=True)
+            assert all(":dask-" in t["worker"] for t in trials if t["state"] == "COMPLETE")
+            assert srv.client.get("/v1/cache").json()["count"] > 0  # the shared cache
+        finally:
+            srv.stop()
+
+
+@pytest.mark.postgres
+def test_eight_workers_claim_200_trials_on_postgresql(tmp_path: Path, pg_server_url: str) -> None:
+    """8 ``eeipu worker`` processes on PostgreSQL: 200 trials, each claimed exactly once."""
+    srv = start_server(tmp_path, db_url=pg_server_url, workers=0)
+    try:
+        st = _create(
+            srv,
+            pipeline="synthetic-3stage",
+            optimizer="random",
+            budget_seconds=1e6,
+            max_trials=200,
+            parallelism=200,
+        )
+        _wait(
+            lambda: srv.client.get(f"/v1/studies/{st['id']}").json()["n_trials"] == 200,
+            "200 proposals",
+        )
+        env = dict(srv.env)
+        args = [
+            sys.executable,
+            "-m",
+            "api.cli",
+            "worker",
+            "--db",
+            pg_server_url,
+            "--cache",
+            str(tmp_path / "cache"),
+            "--study",
+            str(st["id"]),
+            "--idle-exit",
+            "2",
+            "--json",
+        ]
+        procs = [
+            subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE) for _ in range(8)
+        ]
+        outs = [
+            json.loads(p.communicate(timeout=180)[0].decode().strip().splitlines()[-1])
+            for p in procs
+        ]
+        assert sum(o["trials"] for o in outs) == 200
+        done = srv.wait_study(st["id"])
+        assert done["state"] == "completed" and done["n_complete"] == 200
+        trials = _trials(srv, st["id"])
+        assert len(trials) == 200 and all(t["attempts"] == 1 for t in trials)
+        by_worker: dict[str, int] = {}
+        for t in trials:
+            by_worker[t["worker"]] = by_worker.get(t["worker"], 0) + 1
+        assert by_worker == {o["worker"]: o["trials"] for o in outs if o["trials"]}
+    finally:
+        srv.stop()
