@@ -130,7 +130,7 @@ def openi_data_dir() -> str:
         raise FileNotFoundError(
             "torchxrayvision is not installed: pip install --no-deps torchxrayvision==1.5.7"
         )
-    return os.path.join(list(spec.submodule_search_locations)[0], "data")
+    return os.path.join(next(iter(spec.submodule_search_locations)), "data")
 
 
 def _num(s: str) -> float:
@@ -165,6 +165,10 @@ _LOCK = threading.Lock()
 _MEMO: dict[str, MultimodalData] = {}
 
 
+def _uid_number(uid: str) -> int:
+    return int(uid[3:]) if uid[3:].isdigit() else 0
+
+
 def _parse_reports(tgz: str) -> list[dict[str, Any]]:
     out = []
     with tarfile.open(tgz, "r:gz") as tf:
@@ -190,7 +194,7 @@ def _parse_reports(tgz: str) -> list[dict[str, Any]]:
                 {"uid": uid, "indication": sections.get("INDICATION", ""), "mesh": mesh,
                  "images": images}
             )  # fmt: skip
-    out.sort(key=lambda r: int(r["uid"][3:]) if r["uid"][3:].isdigit() else 0)
+    out.sort(key=lambda r: _uid_number(str(r["uid"])))
     return out
 
 

@@ -5,14 +5,20 @@ test non-members (0.5 = the attack sees nothing, so every model looks alike to i
 member-rate on held-out test rows (its false-positive rate: the level a forget set that left no
 trace should show).
 
-The default tuning objective ``objective`` uses no retrained model (a user who could retrain
-would not unlearn)::
+The default tuning objective ``objective`` uses only what a real user has: the original model
+(its metrics and its training time), the forget, retain and test data, never a retrained model
+(a user who could afford to retrain would not unlearn)::
 
-    objective = test_auc - |forget_auc - test_auc| - |mia_sample_svc - mia_sample_svc_test_rate|
-                         - |forget_confidence - test_confidence|
+    objective = test_auc
+                - 3 * max(0, original_test_auc - test_auc)          keep test performance
+                - max(0, original_retain_auc - retain_auc)          keep retain performance
+                - |forget_auc - test_auc|                           forget set predicted like
+                - |forget_vs_test_auc - 0.5|                        unseen data: AUC, confidence
+                - |forget_confidence - test_confidence|             and loss look like test's
+                - 0.5 * |mia_sample_svc - mia_sample_svc_test_rate| attack member-rate too
+                - max(0, unlearn_seconds / original_train_seconds - 0.2)   at most 1/5 the cost
 
-i.e. keep test performance and make the forget set look like data the model never saw. The
-retrain-based validation score (computed only to validate)::
+The retrain-based validation score (computed only to validate)::
 
     retrain_score = -(|d test_auc| / 0.02 + |d forget_auc| / 0.05 + |d mia_sample_svc| / 0.05) / 3
 
@@ -40,6 +46,7 @@ __all__ = [
     "forget_vs_retain_auc",
     "loss_threshold_attack",
     "model_metrics",
+    "retrain_free_objective",
     "sample_features",
     "sample_svc_attack",
 ]
@@ -224,17 +231,26 @@ def model_metrics(
         np.concatenate([np.ones(len(ff)), np.zeros(len(ft))]),
         np.concatenate([ff[:, 1], ft[:, 1]]),
     )
-    out["objective"] = retrain_free_objective(out)
     return {f"{prefix}{k}": v for k, v in out.items()}
 
 
-def retrain_free_objective(m: Mapping[str, float]) -> float:
+def retrain_free_objective(
+    m: Mapping[str, float],
+    original: Mapping[str, float],
+    unlearn_seconds: float,
+    original_train_seconds: float,
+) -> float:
     """The default objective (see the module docstring); needs no retrained model."""
+    ratio = unlearn_seconds / max(original_train_seconds, 1e-9)
     return float(
         m["test_auc"]
+        - 3.0 * max(0.0, original["test_auc"] - m["test_auc"])
+        - max(0.0, original["retain_auc"] - m["retain_auc"])
         - abs(m["forget_auc"] - m["test_auc"])
-        - abs(m["mia_sample_svc"] - m["mia_sample_svc_test_rate"])
+        - abs(m["forget_vs_test_auc"] - 0.5)
         - abs(m["forget_confidence"] - m["test_confidence"])
+        - 0.5 * abs(m["mia_sample_svc"] - m["mia_sample_svc_test_rate"])
+        - max(0.0, ratio - 0.2)
     )
 
 

@@ -23,7 +23,7 @@ from pipelines.core import Pipeline, Stage
 from pipelines.unlearning.data import load_data, split_patients
 from pipelines.unlearning.features import Features, featurize
 from pipelines.unlearning.methods import Unlearned, run_method
-from pipelines.unlearning.metrics import compare, model_metrics
+from pipelines.unlearning.metrics import compare, model_metrics, retrain_free_objective
 from pipelines.unlearning.model import ModelConfig, TrainedModel, predict_proba, train_model
 
 __all__ = [
@@ -73,7 +73,7 @@ TRAIN_DEFAULTS: dict[str, Scalar] = {
 UNLEARN_SPACES: dict[str, dict[str, Param]] = {
     "forget-mi": {
         "lr": _LR,
-        "epochs": Int(1, 40),
+        "epochs": Int(1, 30),
         "batch_size": Categorical([16, 32, 64]),
         "w_uu": Float(0.0, 1.0),
         "w_ur": Float(0.0, 1.0),
@@ -242,10 +242,14 @@ def make_pipeline(
         f = parent
         s = _seed(seed)
         cfg = ModelConfig(f.text.shape[1], f.image.shape[1], hidden, dropout)
-        args = (cfg, f.text, f.image, f.y)
-        kw = {"lr": lr, "epochs": epochs, "weight_decay": weight_decay, "batch_size": _BATCH}
-        orig = train_model(*args, f.split.train, seed=s, device=dev, **kw)
-        retr = train_model(*args, f.split.retain, seed=s, device=dev, **kw)
+
+        def fit(idx: np.ndarray) -> TrainedModel:
+            return train_model(
+                cfg, f.text, f.image, f.y, idx, lr, epochs, weight_decay, _BATCH, s, dev
+            )
+
+        orig = fit(f.split.train)
+        retr = fit(f.split.retain)
         p_orig = predict_proba(cfg, orig.state, f.text, f.image)
         p_retr = predict_proba(cfg, retr.state, f.text, f.image)
         return {
@@ -280,6 +284,8 @@ def make_pipeline(
         out.update(compare(m, ref, p, parent["p_retrained"], f.split))
         out.update({f"retrained_{k}": v for k, v in ref.items()})
         out.update({f"original_{k}": v for k, v in og.items()})
+        out["objective"] = retrain_free_objective(m, og, u.seconds, orig.seconds)
+        out["retrained_objective"] = retrain_free_objective(ref, og, retr.seconds, orig.seconds)
         out["unlearn_seconds"] = float(u.seconds)
         out["retrain_seconds"] = float(retr.seconds)
         out["original_train_seconds"] = float(orig.seconds)

@@ -1,0 +1,86 @@
+"""The eight pipelines: shared stage-1/2 cache keys, registry, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import pytest
+
+from cache import open_cache
+from pipelines.registry import builtin_names, get_pipeline
+from pipelines.unlearning import data as data_mod
+from pipelines.unlearning.pipelines import METHOD_NAMES, default_params, make_pipeline
+
+CONTRACT = (
+    "test_auc",
+    "test_f1",
+    "forget_auc",
+    "forget_f1",
+    "retain_auc",
+    "retain_f1",
+    "mia_batch_svc",
+    "mia_sample_svc",
+    "forget_vs_retain_auc",
+    "unlearn_seconds",
+    "retrain_seconds",
+    "objective",
+    "retrain_score",
+    "gap_test_auc",
+    "gap_forget_auc",
+    "gap_mia_sample_svc",
+    "kl_forget",
+    "kl_retain",
+    "mia_sample_svc_strength",
+    "mia_batch_svc_strength",
+    "mia_loss_strength",
+)
+
+
+def _fast(method: str) -> dict[str, dict[str, object]]:
+    p = default_params(method)
+    p["train"]["epochs"] = 5
+    p["featurize"]["text_dim"] = 8
+    return p
+
+
+def test_builtins_registered_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data_mod, "_MEMO", {})
+    names = builtin_names()
+    assert set(METHOD_NAMES) <= set(names)
+    get_pipeline("forget-mi")  # building the pipeline must not parse the data
+    assert not any(k.startswith("openi") for k in data_mod._MEMO)
+
+
+def test_stage_1_2_keys_shared_across_methods() -> None:
+    pipes = [make_pipeline(m, 0.1, source="diabetes") for m in METHOD_NAMES]
+    keys = [p.keys(p.canonical(p.defaults), seed=3) for p in pipes]
+    assert len({k[0] for k in keys}) == 1
+    assert len({k[1] for k in keys}) == 1
+    assert len({k[2] for k in keys}) == len(METHOD_NAMES)
+    other = make_pipeline("forget-mi", 0.03, source="diabetes")
+    assert other.keys(other.canonical(other.defaults), seed=3)[0] != keys[0][0]
+
+
+def test_end_to_end_on_fixture_reuses_training() -> None:
+    import tempfile
+
+    cache = open_cache(tempfile.mkdtemp())
+    recs = {}
+    for m in ("forget-mi", "multidelete", "retrain"):
+        p = make_pipeline(m, 0.1, source="diabetes")
+        recs[m] = p.run(_fast(m), cache=cache, seed=0)
+    assert recs["forget-mi"].reused_depth == 0
+    assert recs["multidelete"].reused_depth == 2  # featurize + train from the cache
+    for r in recs.values():
+        for k in CONTRACT:
+            assert k in r.metrics, k
+    assert recs["retrain"].metrics["retrain_score"] == pytest.approx(0.0)
+    assert recs["retrain"].metrics["unlearn_seconds"] == recs["retrain"].metrics["retrain_seconds"]
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        make_pipeline("nope")
+    with pytest.raises(ValueError):
+        make_pipeline("retrain", forget_fraction=1.5)
+    p = make_pipeline("forget-mi", 0.1, source="diabetes", tune_upstream=False)
+    with pytest.raises(ValueError):
+        p.canonical({**p.defaults, "train": {**p.defaults["train"], "epochs": 7}})

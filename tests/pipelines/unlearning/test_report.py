@@ -1,0 +1,56 @@
+"""``eeipu bench unlearning`` on the fixture: contract keys, files, checks, correlations."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from api.cli import main
+from pipelines.unlearning.report import aggregate, rank_correlation
+
+
+def test_rank_correlation_and_aggregate() -> None:
+    assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert rank_correlation([1, 2], [1, 2]) != rank_correlation([1, 2], [1, 2])  # NaN
+    runs = [
+        {"method": "m", "config": "default", "forget_fraction": 0.1, "seed": s,
+         "metrics": {"test_auc": v}}
+        for s, v in enumerate([0.6, 0.8])
+    ]  # fmt: skip
+    (row,) = aggregate(runs)
+    assert row["test_auc"] == pytest.approx(0.7)
+    assert row["test_auc_std"] == pytest.approx(0.1414, abs=1e-3)
+
+
+def test_bench_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "report"
+    rc = main(
+        ["bench", "unlearning", "--source", "diabetes", "--forget-fraction", "0.1",
+         "--seeds", "2", "--methods", "forget-mi", "finetune", "--tune-methods", "forget-mi",
+         "--tune-trials", "3", "--optimizer", "random", "--out", str(out), "--json"]
+    )  # fmt: skip
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    methods = {r["method"] for r in res["rows"]}
+    assert methods == {"forget-mi", "finetune", "retrain"}
+    for r in res["rows"]:
+        assert r["forget_fraction"] == 0.1 and r["n_seeds"] == 2
+        for k in ("test_auc", "test_f1", "forget_auc", "forget_f1", "mia_batch_svc",
+                  "mia_sample_svc", "forget_vs_retain_auc", "unlearn_seconds",
+                  "retrain_seconds", "test_auc_std"):  # fmt: skip
+            assert k in r
+    assert [r["method"] for r in res["tuned_rows"]] == ["forget-mi"]
+    assert "forget-mi@0.1" in res["tuned_params"]
+    assert {c["method"] for c in res["checks"]} == {"forget-mi", "finetune"}
+    assert set(res["rank_correlation"]) == {"default_runs", "tuning_trials", "all_trials"}
+    assert os.path.exists(out / "unlearning.md") and os.path.exists(out / "unlearning.csv")
+
+
+def test_bench_cli_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["bench", "unlearning", "--source", "diabetes", "--seeds", "0"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "seeds" in err[0]
