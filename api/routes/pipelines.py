@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from api.deps import ServiceDep
 from api.routes.studies import ERRORS
+from api.service import ServiceError
 
 router = APIRouter(prefix="/pipelines", tags=["pipelines"])
 
@@ -36,4 +37,8 @@ def list_pipelines(svc: ServiceDep) -> Any:
 
 @router.get("/{name}", responses=ERRORS, response_model=None)
 def get_pipeline(name: str = Path(max_length=300), *, svc: ServiceDep) -> Any:
-    return JSONResponse(_describe(svc.pipeline(name)))
+    try:
+        pipe = svc.pipeline(name)
+    except ServiceError as e:
+        raise ServiceError(404 if e.status == 422 else e.status, e.message, e.code) from None
+    return JSONResponse(_describe(pipe))
