@@ -30,7 +30,14 @@ def register(sub: Any) -> None:
         "budget by more is not started",
     )
     p.add_argument("--n-warmup", type=int, default=10, help="random trials before the models")
-    p.add_argument("--db", default=None, help="trial store URL (SQLAlchemy); see the note")
+    p.add_argument(
+        "--db",
+        nargs="?",
+        const="",
+        default=None,
+        help="also persist the study and its trials in the trial store at this URL "
+        "(bare --db: the embedded SQLite file)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     add_cache_arg(p)
@@ -52,15 +59,30 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--n-warmup must be >= 1, got {args.n_warmup}")
     pipe = get_pipeline(args.pipeline)
     direction = args.direction or pipe.direction
-    if args.db is not None:
-        # The persistent trial store plugs in as a sink of ``tune``; until it exists the run
-        # is kept in memory.
-        sys.stderr.write("eeipu: note: --db is accepted; this run is kept in memory for now\n")
     cache = open_cache_from(args)
     opt = make_optimizer(
         args.optimizer, pipe.space, direction=direction, seed=args.seed, n_warmup=args.n_warmup
     )
     sinks: list[Any] = []
+    recorder = None
+    if args.db is not None:  # the trial store records the run as a sink of ``tune``
+        from api.config import default_db
+        from api.store.recorder import StudyRecorder
+
+        args.db = args.db or default_db()
+        recorder = StudyRecorder(
+            args.db,
+            args.pipeline,
+            pipe,
+            opt,
+            args.budget,
+            args.objective,
+            direction,
+            args.seed,
+            args.max_trials,
+            args.run_seed,
+        )
+        sinks.append(recorder)
     bar = None
     if not args.no_progress:
         from tqdm import tqdm
@@ -93,12 +115,17 @@ def run(args: argparse.Namespace) -> int:
             run_seed=args.run_seed,
             sinks=sinks,
         )
+    except BaseException as e:
+        if recorder is not None:
+            recorder.close(failed=f"{type(e).__name__}: {e}")
+        raise
     finally:
         if bar is not None:
             bar.close()
     out = res.summary()
-    if args.db is not None:
-        out["db"] = None
+    if recorder is not None:
+        recorder.close()
+        out["db"] = {"url": args.db, "study_id": recorder.study_id}
     if args.json:
         emit_json(out)
         return 0
