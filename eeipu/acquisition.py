@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 
 import torch
-from botorch.acquisition import AcquisitionFunction, LogExpectedImprovement
+from botorch.acquisition import AcquisitionFunction
+from botorch.acquisition.analytic import _log_ei_helper
 from torch import Tensor
 from torch.quasirandom import SobolEngine
 
@@ -125,7 +126,8 @@ class CostCooledLogEI(AcquisitionFunction):
     ) -> None:
         assert model.model is not None
         super().__init__(model=model.model)
-        self.log_ei = LogExpectedImprovement(model.model, best_f=best_f)
+        self.objective = model
+        self.best_f = float(best_f)
         self.cost_models = cost_models
         self.eta = float(eta)
         self.include = include
@@ -161,6 +163,15 @@ class CostCooledLogEI(AcquisitionFunction):
             assert self.base_samples is not None
             return log_expected_inverse_cost(mu, sigma, self.include, self.load, self.base_samples)
         return log_inverse_expected_cost(mu, sigma, self.include, self.load)
+
+    def log_ei(self, X: Tensor) -> Tensor:
+        """Analytic log EI (BoTorch's numerically stable helper) of ``X`` (``b x 1 x d``)."""
+        mean, std = self.objective.predict(X)
+        # The surrogate predicts standardised targets; ``best_f`` is in the same units.
+        mean = (mean - self.objective.y_mean) / self.objective.y_std
+        std = (std / self.objective.y_std).clamp_min(1e-9)
+        u = (mean - self.best_f) / std
+        return (_log_ei_helper(u) + std.log()).reshape(X.shape[0])
 
     def forward(self, X: Tensor) -> Tensor:
         """Args: X: ``b x 1 x d``. Returns: ``b`` log acquisition values."""

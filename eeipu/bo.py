@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from botorch.acquisition import LogExpectedImprovement
 from botorch.generation.gen import gen_candidates_scipy
 from torch import Tensor
 from torch.quasirandom import SobolEngine
@@ -449,8 +448,7 @@ class CostAwareBO(Optimizer):
         picked_X: list[Tensor] = []
         model = fant
         while len(picks) < n:
-            assert model.model is not None
-            score = LogExpectedImprovement(model.model, best_f=best_f)(Xc.unsqueeze(1))
+            score = acqf(model, iall).log_ei(Xc.unsqueeze(1))
             if log_inv is not None:
                 score = score + eta * log_inv
             chosen = None

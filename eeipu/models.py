@@ -64,9 +64,28 @@ class SurrogateGP:
     train_X: Tensor
     train_Y: Tensor  # standardised, ``n x 1``
     state: FitState = field(default_factory=FitState)
+    _cache: tuple[Tensor, Tensor, float] | None = field(default=None, repr=False)
+
+    def _factor(self) -> tuple[Tensor, Tensor, float]:
+        """Cholesky factor of the training covariance, weights and prior mean (cached)."""
+        if self._cache is None:
+            assert self.model is not None
+            m = self.model
+            with torch.no_grad():
+                K = m.covar_module.forward(self.train_X, self.train_X)
+                noise = m.likelihood.noise.reshape(-1)[0]
+                K = K + (noise + 1e-8) * torch.eye(K.shape[-1], dtype=DTYPE)
+                L = torch.linalg.cholesky(K)
+                c = float(m.mean_module.constant.reshape(-1)[0])
+                alpha = torch.cholesky_solve(self.train_Y - c, L)
+            self._cache = (L, alpha, c)
+        return self._cache
 
     def predict(self, X: Tensor) -> tuple[Tensor, Tensor]:
         """Posterior mean and standard deviation (original units) of the latent function.
+
+        Exact GP prediction from a Cholesky factor computed once per data set (much cheaper
+        than rebuilding GPyTorch's prediction strategy at every call); differentiable in X.
 
         Args:
             X: ``batch_shape x q x d`` (or ``n x d``) inputs in the unit cube.
@@ -80,9 +99,16 @@ class SurrogateGP:
                 torch.full(shape, self.y_mean, dtype=DTYPE),
                 torch.full(shape, self.y_std, dtype=DTYPE),
             )
-        post = self.model.posterior(X)
-        mean = post.mean.squeeze(-1)
-        std = post.variance.clamp_min(1e-12).sqrt().squeeze(-1)
+        L, alpha, c = self._factor()
+        kern = self.model.covar_module
+        flat = X.reshape(-1, X.shape[-1])
+        Ks = kern.forward(flat, self.train_X)  # m x n
+        mean = c + (Ks @ alpha).squeeze(-1)
+        v = torch.linalg.solve_triangular(L, Ks.T, upper=False)  # n x m
+        prior = kern.forward(flat, flat, diag=True)
+        var = (prior - (v * v).sum(0)).clamp_min(1e-12)
+        mean = mean.reshape(X.shape[:-1])
+        std = var.sqrt().reshape(X.shape[:-1])
         return mean * self.y_std + self.y_mean, std * self.y_std
 
     def with_fantasies(self, X: Tensor) -> SurrogateGP:
@@ -94,7 +120,8 @@ class SurrogateGP:
         if self.model is None or X.shape[0] == 0:
             return self
         with torch.no_grad():
-            f = self.model.posterior(X).mean.reshape(-1, 1)
+            mean, _ = self.predict(X.to(DTYPE))
+            f = ((mean - self.y_mean) / self.y_std).reshape(-1, 1)
         tx = torch.cat([self.train_X, X.to(DTYPE)])
         ty = torch.cat([self.train_Y, f])
         model = _build(tx, ty, self.state.hypers)
