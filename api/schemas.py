@@ -6,13 +6,14 @@ model validation); the models below document them in the OpenAPI schema.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.store import StageRun, Study, Trial, TrialState
 
 Direction = Literal["maximize", "minimize"]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class StudyCreate(BaseModel):
@@ -160,7 +161,7 @@ class TellIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     state: Literal["COMPLETE", "FAILED"] = "COMPLETE"
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: dict[str, FiniteFloat] = Field(default_factory=dict, max_length=1000)
     value: float | None = Field(default=None, allow_inf_nan=False)
     stages: list[StageReport] = Field(default_factory=list, max_length=1000)
     cost_seconds: float | None = Field(default=None, ge=0, allow_inf_nan=False)
@@ -223,30 +224,7 @@ def stage_out(s: StageRun) -> dict[str, Any]:
 
 
 def trial_out(t: Trial) -> dict[str, Any]:
-    d = {
-        "id": t.id,
-        "study_id": t.study_id,
-        "number": t.number,
-        "state": t.state.value,
-        "params": t.params,
-        "reuse_depth": t.reuse_depth,
-        "predicted_cost": t.predicted_cost,
-        "reused_depth": t.reused_depth,
-        "metrics": t.metrics,
-        "value": t.value,
-        "cost_seconds": t.cost_seconds,
-        "worker": t.worker,
-        "attempts": t.attempts,
-        "heartbeat_at": t.heartbeat_at,
-        "created_at": t.created_at,
-        "started_at": t.started_at,
-        "finished_at": t.finished_at,
-        "error": t.error,
-        "failures": t.failures,
-    }
-    if t.stages is not None:
-        d["stages"] = [stage_out(s) for s in t.stages]
-    return d
+    return t.to_dict()
 
 
 def page_out(items: list[dict[str, Any]], total: int, limit: int, offset: int) -> dict[str, Any]:

@@ -88,6 +88,7 @@ class StudyService:
         self.cache = cache
         self.default_parallelism = max(1, default_parallelism)
         self._lock = threading.Lock()  # one proposer per process (others: compare-and-set)
+        self._specs: dict[int, StudySpec] = {}
 
     # ---------------------------------------------------------------- pipelines
     def pipeline(self, name: str) -> Any:
@@ -172,6 +173,14 @@ class StudyService:
                     raise ServiceError(422, f"fixed_params: {stage}.{name}: {e}") from None
         return out
 
+    def spec(self, study_id: int) -> StudySpec:
+        """A study's spec (immutable, so memoised; 404 if the study does not exist)."""
+        sp = self._specs.get(study_id)
+        if sp is None:
+            sp = self.get_study(study_id).spec
+            self._specs[study_id] = sp
+        return sp
+
     def get_study(self, study_id: int) -> Study:
         st = self.store.get_study(study_id)
         if st is None:
@@ -204,6 +213,7 @@ class StudyService:
         return self.get_study(study_id)
 
     def delete_study(self, study_id: int) -> None:
+        self._specs.pop(study_id, None)
         if not self.store.delete_study(study_id):
             raise not_found(f"study {study_id}")
 
@@ -310,26 +320,27 @@ class StudyService:
         )
 
     def tell(self, study_id: int, trial_id: int, worker: str | None, result: TrialResult) -> Trial:
-        t = self.store.get_trial(trial_id)
-        if t is None or t.study_id != study_id:
-            raise not_found(f"trial {trial_id} of study {study_id}")
-        st = self.get_study(study_id)
+        spec = self.spec(study_id)
         if result.value is None and result.state == TrialState.COMPLETE:
-            result.value = result.metrics.get(st.spec.objective)
+            result.value = result.metrics.get(spec.objective)
             if result.value is None:
                 raise ServiceError(
                     422,
                     "a COMPLETE trial needs 'value' or the objective "
-                    f"{st.spec.objective!r} in metrics",
+                    f"{spec.objective!r} in metrics",
                     "invalid_value",
                 )
         if result.value is not None and not math.isfinite(result.value):
             raise ServiceError(422, "value must be finite", "invalid_value")
         try:
-            done = self.store.finish_trial(trial_id, worker, result)
+            done = self.store.finish_trial(trial_id, worker, result, study_id=study_id)
+        except KeyError:
+            raise not_found(f"trial {trial_id} of study {study_id}") from None
         except StaleClaim as e:
             raise ServiceError(409, str(e), "trial_finished") from None
-        self.settle(study_id)
+        st = self.store.get_study(study_id)
+        if st is not None and self._exhausted(st):
+            self.settle(study_id)
         return done
 
     def heartbeat(self, study_id: int, trial_id: int, worker: str | None) -> None:

@@ -57,7 +57,8 @@ def execute_trial(
         )
         for i, s in enumerate(rec.stages)
     ]
-    metrics = {k: float(v) for k, v in rec.metrics.items()}
+    # Non-finite side metrics are dropped (JSON has no NaN); a non-finite objective fails.
+    metrics = {k: float(v) for k, v in rec.metrics.items() if math.isfinite(v) or k == objective}
     value = metrics.get(objective)
     state, error = TrialState.COMPLETE, None
     if value is None:
@@ -67,6 +68,7 @@ def execute_trial(
         )
     elif not math.isfinite(value):
         state, error = TrialState.FAILED, f"objective {objective!r} is not finite ({value})"
+        metrics.pop(objective)
     return TrialResult(
         state=state,
         metrics=metrics,

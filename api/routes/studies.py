@@ -42,7 +42,9 @@ def list_studies(
 
 
 @router.get("/{study_id}", responses={200: {"model": StudyOut}, **ERRORS}, response_model=None)
-def get_study(study_id: StudyId, svc: ServiceDep) -> Any:
+async def get_study(study_id: StudyId, svc: ServiceDep) -> Any:
+    # One primary-key read of a row that carries its own counters (~0.2 ms): done on the
+    # event loop, because the hop to the thread pool would cost more than the query.
     return JSONResponse(study_out(svc.get_study(study_id)))
 
 

@@ -26,6 +26,7 @@ against every backend):
 from __future__ import annotations
 
 import enum
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -168,6 +169,33 @@ class Trial:
     failures: list[dict[str, Any]] = field(default_factory=list)
     stages: list[StageRun] | None = None  # loaded only when asked for
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, as the API returns it (``stages`` only when they were loaded)."""
+        d: dict[str, Any] = {
+            "id": self.id,
+            "study_id": self.study_id,
+            "number": self.number,
+            "state": self.state.value,
+            "params": self.params,
+            "reuse_depth": self.reuse_depth,
+            "predicted_cost": self.predicted_cost,
+            "reused_depth": self.reused_depth,
+            "metrics": self.metrics,
+            "value": self.value,
+            "cost_seconds": self.cost_seconds,
+            "worker": self.worker,
+            "attempts": self.attempts,
+            "heartbeat_at": self.heartbeat_at,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "error": self.error,
+            "failures": self.failures,
+        }
+        if self.stages is not None:
+            d["stages"] = [s.to_dict() for s in self.stages]
+        return d
+
 
 class TrialStore(ABC):
     """Persistent studies and trials; see the module docstring for the contract."""
@@ -231,6 +259,20 @@ class TrialStore(ABC):
     ) -> list[Trial]:
         """Trials of a study in ``number`` order."""
 
+    def trials_json(
+        self,
+        study_id: int,
+        states: Sequence[TrialState] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[str]:
+        """``list_trials`` as JSON texts of ``Trial.to_dict()`` (a backend may skip decoding
+        and re-encoding its stored JSON: this is the API's hot path for trial pages)."""
+        return [
+            json.dumps(t.to_dict(), separators=(",", ":"))
+            for t in self.list_trials(study_id, states, limit, offset)
+        ]
+
     @abstractmethod
     def count_trials(self, study_id: int, states: Sequence[TrialState] | None = None) -> int: ...
 
@@ -252,8 +294,12 @@ class TrialStore(ABC):
         """Refresh the heartbeat of a trial RUNNING for ``worker``; False if not (any more)."""
 
     @abstractmethod
-    def finish_trial(self, trial_id: int, worker: str | None, result: TrialResult) -> Trial:
+    def finish_trial(
+        self, trial_id: int, worker: str | None, result: TrialResult, study_id: int | None = None
+    ) -> Trial:
         """Record the end of a RUNNING trial (fenced by ``worker`` unless it is None).
+
+        ``study_id``, if given, must be the trial's study (else ``KeyError``).
 
         Raises:
             StaleClaim: the trial is not RUNNING (for this worker).

@@ -8,13 +8,14 @@ connections (dropped idle connections, Optuna #1347), claims under ``FOR UPDATE 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, select, text, update
+from sqlalchemy import Engine, Text, cast, create_engine, delete, event, func, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
@@ -346,6 +347,61 @@ class SQLTrialStore(TrialStore):
             stages = self._stages_of(s, [r.id for r in rows])
             return [_trial(r, stages[r.id]) for r in rows]
 
+    _SCALARS = (
+        "id",
+        "study_id",
+        "number",
+        "state",
+        "reuse_depth",
+        "predicted_cost",
+        "reused_depth",
+        "value",
+        "cost_seconds",
+        "worker",
+        "attempts",
+        "heartbeat_at",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "error",
+    )
+
+    def trials_json(
+        self,
+        study_id: int,
+        states: Sequence[TrialState] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[str]:
+        # Core select, JSON columns cast to text: the stored JSON is spliced into the answer
+        # as it is (no ORM objects, no decode/encode round trip).
+        cols = [getattr(TrialRow, c) for c in self._SCALARS]
+        q = select(
+            *cols,
+            cast(TrialRow.params, Text),
+            cast(TrialRow.metrics, Text),
+            cast(TrialRow.failures, Text),
+        ).where(TrialRow.study_id == study_id)
+        if states:
+            q = q.where(TrialRow.state.in_([st.value for st in states]))
+        q = q.order_by(TrialRow.number)
+        if limit is not None:
+            q = q.limit(limit)
+        if offset:
+            q = q.offset(offset)
+        names = self._SCALARS
+        dumps = json.JSONEncoder(separators=(",", ":")).encode
+        out = []
+        with self.engine.connect() as c:
+            for row in c.execute(q):
+                head = dumps(dict(zip(names, row[:-3], strict=True)))
+                params, metrics, failures = row[-3:]
+                out.append(
+                    f'{head[:-1]},"params":{params},"metrics":{metrics or "null"},'
+                    f'"failures":{failures or "[]"}}}'
+                )
+        return out
+
     def count_trials(self, study_id: int, states: Sequence[TrialState] | None = None) -> int:
         q = select(func.count(TrialRow.id)).where(TrialRow.study_id == study_id)
         if states:
@@ -432,13 +488,15 @@ class SQLTrialStore(TrialStore):
     def _locked_study(self, s: Session, study_id: int) -> StudyRow:
         return s.scalars(select(StudyRow).where(StudyRow.id == study_id).with_for_update()).one()
 
-    def finish_trial(self, trial_id: int, worker: str | None, result: TrialResult) -> Trial:
+    def finish_trial(
+        self, trial_id: int, worker: str | None, result: TrialResult, study_id: int | None = None
+    ) -> Trial:
         if result.state not in (TrialState.COMPLETE, TrialState.FAILED):
             raise ValueError("a trial can only finish as COMPLETE or FAILED")
         now = time.time()
         with self._write() as s:
             row = self._locked_trial(s, trial_id)
-            if row is None:
+            if row is None or (study_id is not None and row.study_id != study_id):
                 raise KeyError(f"no trial {trial_id}")
             if row.state != TrialState.RUNNING.value:
                 raise StaleClaim(f"trial {trial_id} is {row.state}, not RUNNING")

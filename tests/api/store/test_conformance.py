@@ -238,3 +238,23 @@ def test_concurrent_workers_never_double_claim(store: TrialStore, db_url: str) -
     by_worker = {t.id: t.worker for t in rows}
     for worker, got in results:
         assert all(by_worker[tid] == worker for tid in got)
+
+
+def test_trials_json_matches_trial_dicts(store: TrialStore) -> None:
+    """The API's fast path for pages returns exactly ``Trial.to_dict()`` of ``list_trials``."""
+    import json
+
+    s = store.create_study(_spec(), None)
+    _add(store, s.id, 4)
+    t = store.claim_trial("w", study_id=s.id)
+    assert t is not None
+    store.finish_trial(
+        t.id, "w", TrialResult(TrialState.COMPLETE, {"value": 1.5, "acc": 0.25}, 1.5, 2.0)
+    )
+    t2 = store.claim_trial("w", study_id=s.id)
+    assert t2 is not None
+    store.release_trial(t2.id, "w", "lost", 3)
+    for states, limit, offset in ((None, None, 0), ([TrialState.WAITING], 2, 1), (None, 2, 0)):
+        fast = [json.loads(x) for x in store.trials_json(s.id, states, limit, offset)]
+        slow = [x.to_dict() for x in store.list_trials(s.id, states, limit, offset)]
+        assert fast == slow
