@@ -25,7 +25,7 @@ def test_tune_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "eeipu" in captured.err  # the progress bar
 
     # A second run on the same cache reuses what the first computed.
-    argv2 = ["tune", "synthetic-3stage", "--optimizer", "random", "--budget", "10"]
+    argv2 = ["tune", "synthetic-3stage", "--optimizer", "random", "--budget", "30"]
     argv2 += ["--max-trials", "2", "--cache", cache, "--json", "--no-progress"]
     assert main(argv2) == 0
     out2 = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
