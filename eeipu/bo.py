@@ -146,6 +146,7 @@ class CostAwareBO(Optimizer):
         torch_threads: int | None = 1,
         eta: float | None = None,
         warp: str = "copula",
+        kernel: str = "rbf",
     ) -> None:
         super().__init__(space, direction=direction, seed=seed, n_warmup=n_warmup)
         self.mc_samples = mc_samples
@@ -159,6 +160,9 @@ class CostAwareBO(Optimizer):
         if warp not in ("copula", "none"):
             raise ValueError(f"warp must be 'copula' or 'none', got {warp!r}")
         self.warp = warp
+        if kernel not in ("rbf", "stage-additive"):
+            raise ValueError(f"kernel must be 'rbf' or 'stage-additive', got {kernel!r}")
+        self.kernel = kernel
         self._fits: dict[str, FitState] = {}
         self.last_info: dict[str, Any] = {}
 
@@ -191,7 +195,7 @@ class CostAwareBO(Optimizer):
             n_random = max(0, self.n_warmup - len(history) - len(pending))
             if len(valid) < 2:
                 n_random = n
-            out = self._random(min(n, n_random), history, pending, budget)
+            out = self._random(min(n, n_random), history, pending, budget, cached)
             if len(out) < n and len(valid) >= 2 and (n_random == 0 or len(out) == n_random):
                 extra = [Pending(c.params, c.reuse_depth) for c in out]
                 out += self._model_ask(n - len(out), history, [*pending, *extra], cached, budget)
@@ -204,28 +208,56 @@ class CostAwareBO(Optimizer):
         history: Sequence[Observation],
         pending: Sequence[Pending],
         budget: BudgetState,
+        cached: Sequence[CachedPrefix] = (),
     ) -> list[Candidate]:
+        """Warm-up proposals: uniform by the declared space.
+
+        A memoizing optimizer makes the second half of its warm-up cheap: each of those
+        trials reuses a random cached prefix (of a warm-up trial, since nothing else ran yet)
+        and draws the later stages afresh, which also gives the later stages' cost models
+        more data for the same budget (the paper prefers cheap warm-up points likewise).
+        """
         seen = self._seen(history, pending)
         k = len(self.space.stage_names)
-        est = mean_cost_after(history, 0)
-        committed = sum(est or 0.0 for _ in pending)
+        n_full = math.ceil(self.n_warmup / 2)
+        plans = [c for c in cached if 1 <= c.depth < k] if self.memoize else []
         out: list[Candidate] = []
-        for _ in range(n):
+        committed = sum(mean_cost_after(history, p.reuse_depth) or 0.0 for p in pending)
+        for i in range(n):
+            depth, load = 0, 0.0
             for _attempt in range(100):
                 params = self.space.sample(self.rng)
+                depth, load = 0, 0.0
+                if plans and len(history) + len(pending) + i >= n_full:
+                    plan = plans[self.rng.randrange(len(plans))]
+                    for s in self.space.stage_names[: plan.depth]:
+                        params[s] = dict(plan.params[s])
+                    depth, load = plan.depth, plan.load_seconds
                 pid = prefix_id(self.space, params, k)
                 if pid not in seen:
                     break
-            if est is not None and committed + est > budget.remaining + budget.margin:
-                break
+            est = mean_cost_after(history, depth)
+            if est is not None:
+                est += load
+                if committed + est > budget.remaining + budget.margin:
+                    break
             seen.add(pid)
             committed += est or 0.0
-            out.append(Candidate(params, 0, est, None, {"phase": "warmup"}))
+            out.append(Candidate(params, depth, est, None, {"phase": "warmup"}))
         return out
 
     # ------------------------------------------------------------------ models
-    def _fit(self, name: str, X: Tensor, y: Tensor) -> SurrogateGP:
-        gp = fit_surrogate(X, y, self._fits.get(name), refit_fraction=self.refit_fraction)
+    def _fit(self, name: str, X: Tensor, y: Tensor, additive: bool = False) -> SurrogateGP:
+        groups = None
+        if additive and len(self.space.stage_names) > 1:
+            groups = [
+                list(range(sl.start, sl.stop))
+                for sl in self.space.stage_slices.values()
+                if sl.stop > sl.start
+            ]
+        gp = fit_surrogate(
+            X, y, self._fits.get(name), refit_fraction=self.refit_fraction, groups=groups
+        )
         self._fits[name] = gp.state
         return gp
 
@@ -335,7 +367,12 @@ class CostAwareBO(Optimizer):
         valid = [o for o in history if o.value is not None and math.isfinite(o.value)]
         X = torch.tensor([space.encode(o.params) for o in valid], dtype=DTYPE)
         y = torch.tensor([self.sign() * float(o.value or 0.0) for o in valid], dtype=DTYPE)
-        obj = self._fit("objective", X, copula(y) if self.warp == "copula" else y)
+        obj = self._fit(
+            "objective",
+            X,
+            copula(y) if self.warp == "copula" else y,
+            additive=self.kernel == "stage-additive",
+        )
         costs = self._cost_models(history)
         eta = self._eta(history, budget) if costs else 0.0
         best_f = float(obj.train_Y.max())

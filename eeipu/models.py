@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from botorch.models import SingleTaskGP
 from botorch.optim.fit import fit_gpytorch_mll_scipy
+from gpytorch.kernels import AdditiveKernel, Kernel, RBFKernel, ScaleKernel
 from gpytorch.mlls import ExactMarginalLogLikelihood
+from gpytorch.priors import LogNormalPrior
 from torch import Tensor
 
 __all__ = ["DTYPE", "FitState", "SurrogateGP", "fit_surrogate"]
@@ -64,6 +67,7 @@ class SurrogateGP:
     train_X: Tensor
     train_Y: Tensor  # standardised, ``n x 1``
     state: FitState = field(default_factory=FitState)
+    groups: Sequence[Sequence[int]] | None = None
     _cache: tuple[Tensor, Tensor, float] | None = field(default=None, repr=False)
 
     def _factor(self) -> tuple[Tensor, Tensor, float]:
@@ -72,7 +76,7 @@ class SurrogateGP:
             assert self.model is not None
             m = self.model
             with torch.no_grad():
-                K = m.covar_module.forward(self.train_X, self.train_X)
+                K = _dense(m.covar_module.forward(self.train_X, self.train_X))
                 noise = m.likelihood.noise.reshape(-1)[0]
                 K = K + (noise + 1e-8) * torch.eye(K.shape[-1], dtype=DTYPE)
                 L = torch.linalg.cholesky(K)
@@ -102,10 +106,10 @@ class SurrogateGP:
         L, alpha, c = self._factor()
         kern = self.model.covar_module
         flat = X.reshape(-1, X.shape[-1])
-        Ks = kern.forward(flat, self.train_X)  # m x n
+        Ks = _dense(kern.forward(flat, self.train_X))  # m x n
         mean = c + (Ks @ alpha).squeeze(-1)
         v = torch.linalg.solve_triangular(L, Ks.T, upper=False)  # n x m
-        prior = kern.forward(flat, flat, diag=True)
+        prior = _dense(kern.forward(flat, flat, diag=True))
         var = (prior - (v * v).sum(0)).clamp_min(1e-12)
         mean = mean.reshape(X.shape[:-1])
         std = var.sqrt().reshape(X.shape[:-1])
@@ -124,14 +128,43 @@ class SurrogateGP:
             f = ((mean - self.y_mean) / self.y_std).reshape(-1, 1)
         tx = torch.cat([self.train_X, X.to(DTYPE)])
         ty = torch.cat([self.train_Y, f])
-        model = _build(tx, ty, self.state.hypers)
-        return SurrogateGP(model, self.y_mean, self.y_std, tx, ty, self.state)
+        model = _build(tx, ty, self.state.hypers, self.groups)
+        return SurrogateGP(model, self.y_mean, self.y_std, tx, ty, self.state, self.groups)
 
 
-def _build(X: Tensor, Y: Tensor, hypers: dict[str, list[float]] | None) -> SingleTaskGP:
+def _dense(t: Any) -> Tensor:
+    return t.to_dense() if hasattr(t, "to_dense") else t
+
+
+def _stage_additive_kernel(d: int, groups: Sequence[Sequence[int]]) -> Kernel:
+    """sum_k s_k RBF(x_k) + s_0 RBF(x): one term per stage plus a full interaction term."""
+    parts: list[Kernel] = []
+    for g in groups:
+        idx = tuple(int(i) for i in g)
+        rbf = RBFKernel(
+            ard_num_dims=len(idx),
+            active_dims=idx,
+            lengthscale_prior=LogNormalPrior(math.sqrt(2) + 0.5 * math.log(len(idx)), math.sqrt(3)),
+        )
+        parts.append(ScaleKernel(rbf))
+    full = RBFKernel(
+        ard_num_dims=d,
+        lengthscale_prior=LogNormalPrior(math.sqrt(2) + 0.5 * math.log(d), math.sqrt(3)),
+    )
+    parts.append(ScaleKernel(full))
+    return AdditiveKernel(*parts)
+
+
+def _build(
+    X: Tensor,
+    Y: Tensor,
+    hypers: dict[str, list[float]] | None,
+    groups: Sequence[Sequence[int]] | None = None,
+) -> SingleTaskGP:
+    covar = _stage_additive_kernel(X.shape[-1], groups) if groups else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = SingleTaskGP(X, Y, outcome_transform=None)
+        model = SingleTaskGP(X, Y, outcome_transform=None, covar_module=covar)
     if hypers:
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -147,12 +180,17 @@ def fit_surrogate(
     state: FitState | None = None,
     refit_fraction: float = 0.1,
     maxiter: int = 75,
+    groups: Sequence[Sequence[int]] | None = None,
 ) -> SurrogateGP:
     """Fit (or refresh) a GP on ``X`` (``n x d``) and targets ``y`` (``n``).
 
     Hyperparameters are refitted when there are none yet or when ``n`` grew by at least
     ``max(1, refit_fraction * n_fit)`` since the last fit; the fit starts from the previous
     values. Otherwise the stored hyperparameters are reused as they are.
+
+    ``groups`` (column indices of each stage) selects a stage-additive kernel: one RBF term
+    per stage plus one over all columns, each with its own scale, so the GP can learn how
+    far the objective decomposes over stages (what makes a cached prefix worth extending).
     """
     state = state or FitState()
     y = y.to(DTYPE).reshape(-1)
@@ -164,11 +202,11 @@ def fit_surrogate(
     Y = ((y - y_mean) / y_std).reshape(-1, 1)
     X = X.to(DTYPE)
     if X.shape[-1] == 0 or n == 0:
-        return SurrogateGP(None, y_mean, y_std, X, Y, state)
+        return SurrogateGP(None, y_mean, y_std, X, Y, state, groups)
     need = state.hypers is None or n >= state.n_fit + max(
         1, math.ceil(refit_fraction * state.n_fit)
     )
-    model = _build(X, Y, state.hypers)
+    model = _build(X, Y, state.hypers, groups)
     if need:
         model.train()
         mll = ExactMarginalLogLikelihood(model.likelihood, model)
@@ -177,10 +215,10 @@ def fit_surrogate(
                 warnings.simplefilter("ignore")
                 fit_gpytorch_mll_scipy(mll, options={"maxiter": maxiter})
         except Exception:  # a failed fit keeps the previous (or default) hyperparameters
-            model = _build(X, Y, state.hypers)
+            model = _build(X, Y, state.hypers, groups)
         state = FitState(
             n_fit=n,
             hypers={k: p.detach().reshape(-1).tolist() for k, p in model.named_parameters()},
         )
         model.eval()
-    return SurrogateGP(model, y_mean, y_std, X, Y, state)
+    return SurrogateGP(model, y_mean, y_std, X, Y, state, groups)
