@@ -122,13 +122,14 @@ def forget_mi(
     text_noise: float = 0.3,
     margin: float = 5.0,
     init_noise: float = 1e-2,
+    retain_ratio: int = 2,
 ) -> Unlearned:
     """Forget-MI: four embedding-distance losses, AdamW, one optimizer step per forget batch.
 
-    Each step pairs a forget batch with a random retain batch of the same size. Because the
-    push-away distances are zero (and so is their gradient) when ``ul`` is an exact copy of
-    ``og``, the copy's weights first get Gaussian noise of std ``init_noise`` x each tensor's
-    own std (symmetry breaking; 0 disables it).
+    Each step pairs a forget batch with a random retain batch ``retain_ratio`` times larger.
+    Because the push-away distances are zero (and so is their gradient) when ``ul`` is an
+    exact copy of ``og``, the copy's weights first get Gaussian noise of std ``init_noise`` x
+    each tensor's own std (symmetry breaking; 0 disables it).
     """
     t0 = time.perf_counter()
     og, ul, dev = _start(orig, device, seed)
@@ -145,7 +146,7 @@ def forget_mi(
     last: dict[str, float] = {}
     for _ in range(epochs):
         for xi_f, xt_f, _y in data.batches(data.f, batch_size):
-            xi_r, xt_r, _yr = data.sample(data.r, batch_size)
+            xi_r, xt_r, _yr = data.sample(data.r, retain_ratio * batch_size)
             if use_noise:
                 xi_n, xt_n = perturb(xi_f, xt_f, noise_mean, noise_std, text_noise, data.gen)
             else:
@@ -171,8 +172,12 @@ def multidelete(
     alpha: float = 1.0,
     beta: float = 1.0,
     unimodal: str = "both",
+    retain_ratio: int = 2,
 ) -> Unlearned:
-    """MultiDelete: ``L = L_MD + alpha * L_MKR + beta * L_UKR``, AdamW + cosine schedule."""
+    """MultiDelete: ``L = L_MD + alpha * L_MKR + beta * L_UKR``, AdamW + cosine schedule.
+
+    One step per forget batch, paired with a random retain batch ``retain_ratio`` times larger.
+    """
     t0 = time.perf_counter()
     og, ul, dev = _start(orig, device, seed)
     data = _Data(feats, dev, seed)
@@ -183,7 +188,7 @@ def multidelete(
     last: dict[str, float] = {}
     for _ in range(epochs):
         for xi_f, xt_f, _y in data.batches(data.f, batch_size):
-            xi_r, xt_r, _yr = data.sample(data.r, batch_size)
+            xi_r, xt_r, _yr = data.sample(data.r, retain_ratio * batch_size)
             d = multidelete_losses(ul, og, xi_f, xt_f, xi_r, xt_r, unimodal)
             loss = d["md"] + alpha * d["mkr"] + beta * d["ukr"]
             opt.zero_grad()
@@ -235,6 +240,7 @@ def neggrad_plus(
     batch_size: int = 32,
     forget_weight: float = 0.3,
     ascent_cap: float = 3.0,
+    retain_ratio: int = 2,
 ) -> Unlearned:
     """NegGrad+: ``L = (1 - w) * CE(D_r) - w * min(CE(D_f), cap)``, per forget batch.
 
@@ -247,7 +253,7 @@ def neggrad_plus(
     ul.train()
     for _ in range(epochs):
         for xi_f, xt_f, y_f in data.batches(data.f, batch_size):
-            xi_r, xt_r, y_r = data.sample(data.r, batch_size)
+            xi_r, xt_r, y_r = data.sample(data.r, retain_ratio * batch_size)
             lf = torch.clamp(F.cross_entropy(ul(xi_f, xt_f), y_f), max=ascent_cap)
             lr_ = F.cross_entropy(ul(xi_r, xt_r), y_r)
             loss = (1.0 - forget_weight) * lr_ - forget_weight * lf

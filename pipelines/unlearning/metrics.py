@@ -10,13 +10,16 @@ The default tuning objective ``objective`` uses only what a real user has: the o
 (a user who could afford to retrain would not unlearn)::
 
     objective = test_auc
-                - 3 * max(0, original_test_auc - test_auc)          keep test performance
-                - max(0, original_retain_auc - retain_auc)          keep retain performance
-                - |forget_auc - test_auc|                           forget set predicted like
-                - |forget_vs_test_auc - 0.5|                        unseen data: AUC, confidence
-                - |forget_confidence - test_confidence|             and loss look like test's
-                - 0.5 * |mia_sample_svc - mia_sample_svc_test_rate| attack member-rate too
-                - max(0, unlearn_seconds / original_train_seconds - 0.2)   at most 1/5 the cost
+                - 3 * max(0, original_test_auc - test_auc)       keep test performance
+                - max(0, original_retain_auc - retain_auc)       keep retain performance
+                - |forget_auc - test_auc|                        forget set predicted like unseen
+                - 2 * |mia_sample_svc - mia_sample_svc_test_rate|   attacks call the forget set
+                - 0.5 * |mia_batch_svc - mia_batch_svc_test_rate|   "member" as often as test
+                - max(0, unlearn_seconds / original_train_seconds - 0.2)   <= 1/5 of the cost
+
+The weights were chosen on the TUNING seeds (1000, 1001; never the evaluation seeds) as the
+combination whose ranking of random configurations of Forget-MI, MultiDelete and NegGrad+
+agreed best with the retrain-based score; the attack terms mattered most.
 
 The retrain-based validation score (computed only to validate)::
 
@@ -247,9 +250,8 @@ def retrain_free_objective(
         - 3.0 * max(0.0, original["test_auc"] - m["test_auc"])
         - max(0.0, original["retain_auc"] - m["retain_auc"])
         - abs(m["forget_auc"] - m["test_auc"])
-        - abs(m["forget_vs_test_auc"] - 0.5)
-        - abs(m["forget_confidence"] - m["test_confidence"])
-        - 0.5 * abs(m["mia_sample_svc"] - m["mia_sample_svc_test_rate"])
+        - 2.0 * abs(m["mia_sample_svc"] - m["mia_sample_svc_test_rate"])
+        - 0.5 * abs(m["mia_batch_svc"] - m["mia_batch_svc_test_rate"])
         - max(0.0, ratio - 0.2)
     )
 

@@ -85,6 +85,7 @@ UNLEARN_SPACES: dict[str, dict[str, Param]] = {
         "text_noise": Float(0.0, 0.8),
         "margin": Float(0.1, 50.0, log=True),
         "init_noise": Float(0.0, 0.2),
+        "retain_ratio": Categorical([1, 2, 4]),
     },
     "multidelete": {
         "lr": _LR,
@@ -93,6 +94,7 @@ UNLEARN_SPACES: dict[str, dict[str, Param]] = {
         "alpha": Float(0.0, 5.0),
         "beta": Float(0.0, 5.0),
         "unimodal": Categorical(["image", "text", "both"]),
+        "retain_ratio": Categorical([1, 2, 4]),
     },
     "finetune": {"lr": _LR, "epochs": Int(1, 10), "batch_size": Categorical([32, 64, 128])},
     "neggrad-plus": {
@@ -101,6 +103,7 @@ UNLEARN_SPACES: dict[str, dict[str, Param]] = {
         "batch_size": Categorical([16, 32, 64]),
         "forget_weight": Float(0.01, 0.95),
         "ascent_cap": Float(0.3, 10.0, log=True),
+        "retain_ratio": Categorical([1, 2, 4]),
     },
     "scrub": {
         "lr": _LR,
@@ -140,6 +143,7 @@ UNLEARN_DEFAULTS: dict[str, dict[str, Scalar]] = {
         "text_noise": 0.3,
         "margin": 5.0,
         "init_noise": 0.01,
+        "retain_ratio": 2,
     },
     "multidelete": {
         "lr": 1e-3,
@@ -148,6 +152,7 @@ UNLEARN_DEFAULTS: dict[str, dict[str, Scalar]] = {
         "alpha": 1.0,
         "beta": 1.0,
         "unimodal": "both",
+        "retain_ratio": 2,
     },
     "finetune": {"lr": 1e-3, "epochs": 2, "batch_size": 64},
     "neggrad-plus": {
@@ -156,6 +161,7 @@ UNLEARN_DEFAULTS: dict[str, dict[str, Scalar]] = {
         "batch_size": 32,
         "forget_weight": 0.3,
         "ascent_cap": 3.0,
+        "retain_ratio": 2,
     },
     "scrub": {
         "lr": 5e-4,
@@ -302,16 +308,16 @@ def make_pipeline(
     def fingerprint() -> str:
         return f"{load_data(source, label).fingerprint}|forget={forget_fraction!r}|label={label}"
 
-    version = f"{method}.1"
+    version = f"{method}.2"
     f_space, t_space = FEATURIZE_SPACE, TRAIN_SPACE
     if not tune_upstream:
         f_space = {k: Categorical([v]) for k, v in FEATURIZE_DEFAULTS.items()}
         t_space = {k: Categorical([v]) for k, v in TRAIN_DEFAULTS.items()}
     stages = [
         Stage("featurize", featurize_stage, f_space, version="1"),
-        Stage("train", train_stage, t_space, version="1"),
+        Stage("train", train_stage, t_space, version="2"),
         Stage("unlearn", unlearn_stage, UNLEARN_SPACES[method], version=version),
-        Stage("evaluate", evaluate_stage, {}, version="1"),
+        Stage("evaluate", evaluate_stage, {}, version="2"),
     ]
     pipe = UnlearningPipeline(
         method,
