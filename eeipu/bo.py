@@ -118,6 +118,9 @@ class CostAwareBO(Optimizer):
         refit_fraction: refit GP hyperparameters when the data grew by this fraction.
         torch_threads: torch threads during ``ask`` (``None``: leave torch's setting).
         eta: a fixed cooling exponent instead of the budget schedule (ablations, tests).
+        kernel: ``"stage-additive"`` (default): the objective GP's kernel is a sum of one RBF
+            term per stage and one over all dimensions, each with its own scale, so it learns
+            how far the objective decomposes over stages; ``"rbf"``: one ARD RBF kernel.
         warp: ``"copula"`` models the objective's normal scores (ranks mapped through the
             normal quantile function), robust to heavy tails such as the synthetic
             pipelines' (values spanning five orders of magnitude); ``"none"`` models raw
@@ -141,12 +144,12 @@ class CostAwareBO(Optimizer):
         max_prefixes: int = 16,
         raw_samples: int = 64,
         restarts: int = 2,
-        maxiter: int = 40,
+        maxiter: int = 25,
         refit_fraction: float = 0.1,
         torch_threads: int | None = 1,
         eta: float | None = None,
         warp: str = "copula",
-        kernel: str = "rbf",
+        kernel: str = "stage-additive",
     ) -> None:
         super().__init__(space, direction=direction, seed=seed, n_warmup=n_warmup)
         self.mc_samples = mc_samples

@@ -69,6 +69,16 @@ class SurrogateGP:
     state: FitState = field(default_factory=FitState)
     groups: Sequence[Sequence[int]] | None = None
     _cache: tuple[Tensor, Tensor, float] | None = field(default=None, repr=False)
+    _terms: list[_Term] | None = field(default=None, repr=False)
+
+    def _k(self, x1: Tensor, x2: Tensor, diag: bool = False) -> Tensor:
+        assert self.model is not None
+        if self._terms is None:
+            with torch.no_grad():
+                self._terms = _rbf_terms(self.model.covar_module, torch.ones((), dtype=DTYPE))
+        if self._terms is None:
+            return kernel_matrix(self.model.covar_module, x1, x2, diag)
+        return _terms_matrix(self._terms, x1, x2, diag)
 
     def _factor(self) -> tuple[Tensor, Tensor, float]:
         """Cholesky factor of the training covariance, weights and prior mean (cached)."""
@@ -76,7 +86,7 @@ class SurrogateGP:
             assert self.model is not None
             m = self.model
             with torch.no_grad():
-                K = _dense(m.covar_module.forward(self.train_X, self.train_X))
+                K = self._k(self.train_X, self.train_X)
                 noise = m.likelihood.noise.reshape(-1)[0]
                 K = K + (noise + 1e-8) * torch.eye(K.shape[-1], dtype=DTYPE)
                 L = torch.linalg.cholesky(K)
@@ -104,12 +114,11 @@ class SurrogateGP:
                 torch.full(shape, self.y_std, dtype=DTYPE),
             )
         L, alpha, c = self._factor()
-        kern = self.model.covar_module
         flat = X.reshape(-1, X.shape[-1])
-        Ks = _dense(kern.forward(flat, self.train_X))  # m x n
+        Ks = self._k(flat, self.train_X)  # m x n
         mean = c + (Ks @ alpha).squeeze(-1)
         v = torch.linalg.solve_triangular(L, Ks.T, upper=False)  # n x m
-        prior = _dense(kern.forward(flat, flat, diag=True))
+        prior = self._k(flat, flat, diag=True)
         var = (prior - (v * v).sum(0)).clamp_min(1e-12)
         mean = mean.reshape(X.shape[:-1])
         std = var.sqrt().reshape(X.shape[:-1])
@@ -132,8 +141,68 @@ class SurrogateGP:
         return SurrogateGP(model, self.y_mean, self.y_std, tx, ty, self.state, self.groups)
 
 
+_Term = tuple[Tensor | None, Tensor, Tensor]  # (active dims, lengthscales, scale)
+
+
+def _rbf_terms(kern: Kernel, scale: Tensor) -> list[_Term] | None:
+    """The kernel as a sum of scaled RBF terms (detached), or ``None`` for other kernels."""
+    if isinstance(kern, AdditiveKernel):
+        out: list[_Term] = []
+        for k in kern.kernels:
+            terms = _rbf_terms(k, scale)
+            if terms is None:
+                return None
+            out += terms
+        return out
+    if isinstance(kern, ScaleKernel):
+        return _rbf_terms(kern.base_kernel, scale * kern.outputscale.detach())
+    if isinstance(kern, RBFKernel):
+        dims = kern.active_dims
+        return [(dims, kern.lengthscale.detach().reshape(-1), scale)]
+    return None
+
+
+def _terms_matrix(terms: list[_Term], x1: Tensor, x2: Tensor, diag: bool = False) -> Tensor:
+    out: Tensor | None = None
+    for dims, ls, scale in terms:
+        if diag:
+            val = scale * torch.ones(x1.shape[0], dtype=x1.dtype)
+        else:
+            a = (x1 if dims is None else x1[..., dims]) / ls
+            b = (x2 if dims is None else x2[..., dims]) / ls
+            d2 = (a * a).sum(-1, keepdim=True) - 2 * a @ b.T + (b * b).sum(-1).unsqueeze(0)
+            val = scale * torch.exp(-0.5 * d2.clamp_min(0.0))
+        out = val if out is None else out + val
+    assert out is not None
+    return out
+
+
 def _dense(t: Any) -> Tensor:
     return t.to_dense() if hasattr(t, "to_dense") else t
+
+
+def kernel_matrix(kern: Kernel, x1: Tensor, x2: Tensor, diag: bool = False) -> Tensor:
+    """Dense ``k(x1, x2)`` (``m x n``, or ``m`` with ``diag``) for the kernels built here.
+
+    RBF, scale and additive kernels are evaluated directly in torch (GPyTorch's lazy
+    tensors cost more than the arithmetic at these sizes); any other kernel goes through
+    GPyTorch.
+    """
+    if isinstance(kern, AdditiveKernel):
+        parts = [kernel_matrix(k, x1, x2, diag) for k in kern.kernels]
+        return torch.stack(parts).sum(0)
+    if isinstance(kern, ScaleKernel):
+        return kern.outputscale * kernel_matrix(kern.base_kernel, x1, x2, diag)
+    if isinstance(kern, RBFKernel):
+        if kern.active_dims is not None:
+            x1, x2 = x1[..., kern.active_dims], x2[..., kern.active_dims]
+        ls = kern.lengthscale.reshape(-1)
+        if diag:
+            return torch.ones(x1.shape[0], dtype=x1.dtype)
+        a, b = x1 / ls, x2 / ls
+        d2 = (a * a).sum(-1, keepdim=True) - 2 * a @ b.T + (b * b).sum(-1).unsqueeze(0)
+        return torch.exp(-0.5 * d2.clamp_min(0.0))
+    return _dense(kern.forward(x1, x2, diag=diag))
 
 
 def _stage_additive_kernel(d: int, groups: Sequence[Sequence[int]]) -> Kernel:

@@ -108,8 +108,9 @@ def test_save_restore_gives_identical_proposals(space: SearchSpace) -> None:
     pb = b.ask(3, hist, (), cached, budget)
     assert [c.params for c in pa] == [c.params for c in pb]
     assert [c.reuse_depth for c in pa] == [c.reuse_depth for c in pb]
-    # And the next ask differs from the previous one (no repeats).
-    assert a.ask(1, hist, (), cached, budget)[0].params not in [c.params for c in pa]
+    # With those proposals pending, the next one differs from them (no repeats).
+    pend = [Pending(c.params, c.reuse_depth) for c in pa]
+    assert a.ask(1, hist, pend, cached, budget)[0].params not in [c.params for c in pa]
 
 
 def test_same_seed_same_proposals(space: SearchSpace) -> None:

@@ -47,3 +47,16 @@ def test_fantasies_remove_improvement_at_pending_points() -> None:
     _, s0 = gp.predict(Xp)
     _, s1 = gp.with_fantasies(Xp).predict(Xp)
     assert float(s1.detach()) < 0.5 * float(s0.detach())
+
+
+def test_fast_kernel_matches_gpytorch() -> None:
+    from eeipu.models import kernel_matrix
+
+    X, y = _data(15)
+    gp = fit_surrogate(X, y, groups=[[0], [1, 2]])
+    assert gp.model is not None
+    k = gp.model.covar_module
+    with torch.no_grad():
+        ref = k(X[:4], X).to_dense()
+        assert torch.allclose(kernel_matrix(k, X[:4], X), ref, atol=1e-10)
+        assert torch.allclose(kernel_matrix(k, X[:4], X[:4], diag=True), ref[:, :4].diagonal())
