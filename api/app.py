@@ -161,6 +161,7 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
             if scheduler is not None:
                 scheduler.stop()
             executor.stop()
+            service.tells.close()
             store.close()
 
     app = FastAPI(

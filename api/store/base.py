@@ -293,7 +293,6 @@ class TrialStore(ABC):
     def heartbeat(self, trial_id: int, worker: str) -> bool:
         """Refresh the heartbeat of a trial RUNNING for ``worker``; False if not (any more)."""
 
-    @abstractmethod
     def finish_trial(
         self, trial_id: int, worker: str | None, result: TrialResult, study_id: int | None = None
     ) -> Trial:
@@ -305,6 +304,19 @@ class TrialStore(ABC):
             StaleClaim: the trial is not RUNNING (for this worker).
             KeyError: no such trial.
         """
+        (res,) = self.finish_trials([(trial_id, worker, result, study_id)])
+        if isinstance(res, Exception):
+            raise res
+        return res
+
+    @abstractmethod
+    def finish_trials(
+        self, items: Sequence[tuple[int, str | None, TrialResult, int | None]]
+    ) -> list[Trial | Exception]:
+        """``finish_trial`` for many ``(trial_id, worker, result, study_id)`` in ONE
+        transaction (one commit: group commit for concurrent tells). Each item gets its
+        finished ``Trial``, or the ``StaleClaim``/``KeyError`` it would have raised; the
+        others are not affected by it."""
 
     @abstractmethod
     def release_trial(

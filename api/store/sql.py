@@ -15,7 +15,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Text, cast, create_engine, delete, event, func, select, text, update
+from sqlalchemy import (
+    Engine,
+    Text,
+    and_,
+    case,
+    cast,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
@@ -488,60 +503,106 @@ class SQLTrialStore(TrialStore):
     def _locked_study(self, s: Session, study_id: int) -> StudyRow:
         return s.scalars(select(StudyRow).where(StudyRow.id == study_id).with_for_update()).one()
 
-    def finish_trial(
-        self, trial_id: int, worker: str | None, result: TrialResult, study_id: int | None = None
-    ) -> Trial:
-        if result.state not in (TrialState.COMPLETE, TrialState.FAILED):
-            raise ValueError("a trial can only finish as COMPLETE or FAILED")
+    def finish_trials(
+        self, items: Sequence[tuple[int, str | None, TrialResult, int | None]]
+    ) -> list[Trial | Exception]:
+        for _, _, result, _ in items:
+            if result.state not in (TrialState.COMPLETE, TrialState.FAILED):
+                raise ValueError("a trial can only finish as COMPLETE or FAILED")
         now = time.time()
+        out: list[Trial | Exception] = []
+        # Per trial one guarded UPDATE ... RETURNING (the guard is the claim fence); then all
+        # stage runs; then each study's counters as one UPDATE of SQL expressions, last, so
+        # the study row (which every tell of the study touches) is locked only until the
+        # commit, and one commit (one fsync) serves the whole batch.
         with self._write() as s:
-            row = self._locked_trial(s, trial_id)
-            if row is None or (study_id is not None and row.study_id != study_id):
-                raise KeyError(f"no trial {trial_id}")
-            if row.state != TrialState.RUNNING.value:
-                raise StaleClaim(f"trial {trial_id} is {row.state}, not RUNNING")
-            if worker is not None and row.worker != worker:
-                raise StaleClaim(f"trial {trial_id} is claimed by another worker")
-            st = self._locked_study(s, row.study_id)
-            row.state = result.state.value
-            row.metrics = dict(result.metrics)
-            row.value = result.value
-            row.cost_seconds = result.cost_seconds
-            row.reused_depth = result.reused_depth
-            row.error = result.error
-            row.finished_at = now
-            row.heartbeat_at = now
-            for sr in result.stages:
-                s.add(
-                    StageRunRow(
-                        trial_id=trial_id,
-                        study_id=row.study_id,
-                        position=sr.position,
-                        stage=sr.stage,
-                        key=sr.key,
-                        hit=sr.hit,
-                        cost_seconds=sr.cost_seconds,
-                        load_seconds=sr.load_seconds,
-                        bytes=sr.bytes,
-                        original_cost_seconds=sr.original_cost_seconds,
+            done: list[tuple[TrialRow, TrialResult]] = []
+            for trial_id, worker, result, study_id in items:
+                guard = [TrialRow.id == trial_id, TrialRow.state == TrialState.RUNNING.value]
+                if worker is not None:
+                    guard.append(TrialRow.worker == worker)
+                if study_id is not None:
+                    guard.append(TrialRow.study_id == study_id)
+                row = s.scalars(
+                    update(TrialRow)
+                    .where(*guard)
+                    .values(
+                        state=result.state.value,
+                        metrics=dict(result.metrics),
+                        value=result.value,
+                        cost_seconds=result.cost_seconds,
+                        reused_depth=result.reused_depth,
+                        error=result.error,
+                        finished_at=now,
+                        heartbeat_at=now,
                     )
-                )
-            st.cost_spent += float(result.cost_seconds)
-            st.updated_at = now
-            if result.state == TrialState.COMPLETE:
-                st.n_complete += 1
-                v = result.value
-                if v is not None:
-                    better = st.best_value is None or (
-                        v > st.best_value if st.direction == "maximize" else v < st.best_value
+                    .returning(TrialRow)
+                    .execution_options(synchronize_session=False)
+                ).one_or_none()
+                if row is None:
+                    cur = s.get(TrialRow, trial_id)
+                    if cur is None or (study_id is not None and cur.study_id != study_id):
+                        out.append(KeyError(f"no trial {trial_id}"))
+                    elif cur.state != TrialState.RUNNING.value:
+                        out.append(StaleClaim(f"trial {trial_id} is {cur.state}, not RUNNING"))
+                    else:
+                        out.append(StaleClaim(f"trial {trial_id} is claimed by another worker"))
+                    continue
+                done.append((row, result))
+                out.append(_trial(row, list(result.stages)))
+            runs = [
+                {
+                    "trial_id": row.id,
+                    "study_id": row.study_id,
+                    "position": sr.position,
+                    "stage": sr.stage,
+                    "key": sr.key,
+                    "hit": sr.hit,
+                    "cost_seconds": sr.cost_seconds,
+                    "load_seconds": sr.load_seconds,
+                    "bytes": sr.bytes,
+                    "original_cost_seconds": sr.original_cost_seconds,
+                }
+                for row, result in done
+                for sr in result.stages
+            ]
+            if runs:
+                s.execute(insert(StageRunRow), runs)
+            for sid in sorted({row.study_id for row, _ in done}):
+                mine = [(row, r) for row, r in done if row.study_id == sid]
+                values: dict[str, Any] = {
+                    "cost_spent": StudyRow.cost_spent + sum(float(r.cost_seconds) for _, r in mine),
+                    "updated_at": now,
+                }
+                ok = [(row.id, r.value) for row, r in mine if r.state == TrialState.COMPLETE]
+                n_failed = len(mine) - len(ok)
+                if ok:
+                    values["n_complete"] = StudyRow.n_complete + len(ok)
+                if n_failed:
+                    values["n_failed"] = StudyRow.n_failed + n_failed
+                vals = [(v, tid) for tid, v in ok if v is not None]
+                if vals:
+                    hi_v, hi_id = max(vals, key=lambda x: x[0])
+                    lo_v, lo_id = min(vals, key=lambda x: x[0])
+                    up = or_(
+                        StudyRow.best_value.is_(None),
+                        StudyRow.best_value < hi_v,
                     )
-                    if better:
-                        st.best_value = v
-                        st.best_trial_id = trial_id
-            else:
-                st.n_failed += 1
-            s.flush()
-            return _trial(row, list(result.stages))
+                    down = or_(StudyRow.best_value.is_(None), StudyRow.best_value > lo_v)
+                    is_max = StudyRow.direction == "maximize"
+                    # Every SET expression sees the row before the update: both agree.
+                    values["best_value"] = case(
+                        (and_(is_max, up), hi_v),
+                        (and_(~is_max, down), lo_v),
+                        else_=StudyRow.best_value,
+                    )
+                    values["best_trial_id"] = case(
+                        (and_(is_max, up), hi_id),
+                        (and_(~is_max, down), lo_id),
+                        else_=StudyRow.best_trial_id,
+                    )
+                s.execute(update(StudyRow).where(StudyRow.id == sid).values(**values))
+        return out
 
     def release_trial(
         self, trial_id: int, worker: str | None, reason: str, max_attempts: int

@@ -258,3 +258,45 @@ def test_trials_json_matches_trial_dicts(store: TrialStore) -> None:
         fast = [json.loads(x) for x in store.trials_json(s.id, states, limit, offset)]
         slow = [x.to_dict() for x in store.list_trials(s.id, states, limit, offset)]
         assert fast == slow
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_finish_trials_batch_is_per_item(store: TrialStore, direction: str) -> None:
+    """One transaction for many tells; a bad item fails alone; counters and best add up."""
+    s = store.create_study(_spec(direction=direction), None)
+    other = store.create_study(_spec(), None)
+    _add(store, s.id, 4)
+    _add(store, other.id, 1)
+    ts = [store.claim_trial("w", study_id=s.id) for _ in range(4)]
+    o = store.claim_trial("w", study_id=other.id)
+    assert all(ts) and o is not None
+    a, b, c, d = (t.id for t in ts if t is not None)
+    store.finish_trial(d, "w", TrialResult(TrialState.COMPLETE, {}, 5.0, 1.0))
+    res = store.finish_trials(
+        [
+            (a, "w", TrialResult(TrialState.COMPLETE, {}, 3.0, 1.0), s.id),
+            (b, "w", TrialResult(TrialState.COMPLETE, {}, 7.0, 1.0), s.id),
+            (c, "x", TrialResult(TrialState.COMPLETE, {}, 9.0, 1.0), s.id),  # fenced
+            (d, "w", TrialResult(TrialState.COMPLETE, {}, 1.0, 1.0), s.id),  # finished
+            (o.id, "w", TrialResult(TrialState.FAILED, cost_seconds=2.0), s.id),  # other study
+            (o.id, "w", TrialResult(TrialState.FAILED, cost_seconds=2.0), None),
+        ]
+    )
+    assert [type(r).__name__ for r in res] == [
+        "Trial",
+        "Trial",
+        "StaleClaim",
+        "StaleClaim",
+        "KeyError",
+        "Trial",
+    ]
+    st = store.get_study(s.id)
+    assert st is not None and st.n_complete == 3 and st.cost_spent == pytest.approx(3.0)
+    if direction == "maximize":
+        assert (st.best_value, st.best_trial_id) == (7.0, b)
+    else:
+        assert (st.best_value, st.best_trial_id) == (3.0, a)
+    ot = store.get_study(other.id)
+    assert ot is not None and ot.n_failed == 1 and ot.cost_spent == pytest.approx(2.0)
+    ct = store.get_trial(c)
+    assert ct is not None and ct.state == TrialState.RUNNING
