@@ -73,6 +73,7 @@ class StudyOut(BaseModel):
     cost_spent: float
     best_value: float | None
     best_trial_id: int | None
+    best: dict[str, Any] | None = Field(description="best so far: value and trial_id")
     error: str | None
 
 
@@ -215,6 +216,11 @@ def study_out(st: Study) -> dict[str, Any]:
         "cost_spent": st.cost_spent,
         "best_value": st.best_value,
         "best_trial_id": st.best_trial_id,
+        "best": (
+            None
+            if st.best_trial_id is None
+            else {"value": st.best_value, "trial_id": st.best_trial_id}
+        ),
         "error": st.error,
     }
 

@@ -23,8 +23,10 @@ def register(sub: Any) -> None:
     gc.add_argument("--json", action="store_true")
     add_cache_arg(gc)
     gc.set_defaults(func=_gc)
-    rm = csub.add_parser("rm", help="evict entries by key")
-    rm.add_argument("keys", nargs="+")
+    rm = csub.add_parser("rm", help="evict entries by key, or every entry a study computed")
+    rm.add_argument("keys", nargs="*")
+    rm.add_argument("--study", type=int, default=None, help="evict what this study computed")
+    rm.add_argument("--db", default=None, help="trial store URL for --study (default: SQLite)")
     add_cache_arg(rm)
     rm.set_defaults(func=_rm)
 
@@ -65,8 +67,23 @@ def _gc(args: argparse.Namespace) -> int:
 
 
 def _rm(args: argparse.Namespace) -> int:
+    if not args.keys and args.study is None:
+        raise ValueError("give cache keys, or --study ID")
     c = open_cache_from(args)
     missing = [k for k in args.keys if not c.delete(k)]
+    if args.study is not None:
+        from api.config import default_db
+        from api.store import open_store
+
+        store = open_store(args.db or default_db())
+        try:
+            if store.get_study(args.study) is None:
+                raise ValueError(f"study {args.study} not found")
+            keys = store.stage_keys(args.study)
+        finally:
+            store.close()
+        n = sum(1 for k in keys if c.delete(k))
+        print(f"evicted {n} entries computed by study {args.study}")
     if missing:
         raise ValueError(f"no such cache entries: {', '.join(missing)}")
     return 0

@@ -15,9 +15,7 @@ def _json(capsys: pytest.CaptureFixture[str]) -> dict:  # type: ignore[type-arg]
     return dict(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
 
 
-def test_tune_db_is_listed_by_studies(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_tune_db_is_listed_by_studies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = f"sqlite:///{tmp_path / 'tune.db'}"
     cache = str(tmp_path / "cache")
     args = ["tune", "synthetic-3stage", "--optimizer", "random", "--budget", "30"]
@@ -57,3 +55,18 @@ def test_studies_through_the_server(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert "404" in capsys.readouterr().err
     finally:
         srv.stop()
+
+
+def test_cache_rm_by_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = f"sqlite:///{tmp_path / 'tune.db'}"
+    cache = str(tmp_path / "cache")
+    args = ["tune", "synthetic-3stage", "--optimizer", "random", "--budget", "20"]
+    assert main([*args, "--db", db, "--cache", cache, "--no-progress", "--json"]) == 0
+    sid = _json(capsys)["db"]["study_id"]
+    assert main(["cache", "ls", "--cache", cache, "--json"]) == 0
+    before = len(_json(capsys)["entries"])
+    assert before > 0
+    assert main(["cache", "rm", "--study", str(sid), "--db", db, "--cache", cache]) == 0
+    assert f"evicted {before} entries" in capsys.readouterr().out
+    assert main(["cache", "rm", "--study", "99", "--db", db, "--cache", cache]) == 2
+    assert main(["cache", "rm", "--cache", cache]) == 2

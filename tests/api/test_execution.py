@@ -63,6 +63,7 @@ def test_study_completes_with_two_workers_and_next_study_reuses_cache(
     assert done["trials_done"] == len([t for t in trials if t["state"] in ("COMPLETE", "FAILED")])
     assert done["cost_spent"] == pytest.approx(sum(t["cost_seconds"] or 0 for t in trials))
     best = server.client.get(f"/v1/studies/{st['id']}/best").json()
+    assert done["best"] == {"value": best["value"], "trial_id": best["trial_id"]}
     top = max(complete, key=lambda t: t["value"])
     assert best["value"] == top["value"] and best["trial_id"] == top["id"]
     assert best["params"] == top["params"]
@@ -83,6 +84,11 @@ def test_study_completes_with_two_workers_and_next_study_reuses_cache(
     assert done2["cost_spent"] < sum(t["cost_seconds"] for t in complete[:3])
     cache = server.client.get("/v1/cache", params={"pipeline": "synthetic-3stage"}).json()
     assert cache["hits"] > 0 and cache["compute_seconds_saved"] > 0 and cache["bytes"] > 0
+    # Eviction by study: the entries the first study computed go, over HTTP.
+    ev = server.client.post("/v1/cache/evict", json={"study_id": st["id"]}).json()
+    assert ev["deleted"] and not ev["missing"]
+    after = server.client.get("/v1/cache", params={"pipeline": "synthetic-3stage"}).json()
+    assert after["count"] == cache["count"] - len(ev["deleted"])
 
 
 @pytest.fixture
