@@ -77,12 +77,17 @@ class MultimodalData:
 
 @dataclass
 class Split:
-    """Row indices of each side of a patient-level split (disjoint, sorted)."""
+    """Row indices of each side of a patient-level split (disjoint, sorted).
+
+    ``val`` is held-out data a user has besides the test set; methods may use it (e.g. the
+    original model's held-out loss as a reference) without touching the evaluation test set.
+    """
 
     train: np.ndarray
     test: np.ndarray
     forget: np.ndarray
     retain: np.ndarray
+    val: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def split_patients(
@@ -90,8 +95,10 @@ def split_patients(
     forget_fraction: float,
     seed: int,
     test_fraction: float = 0.25,
+    val_fraction: float = 0.1,
 ) -> Split:
-    """Seeded split by patient: test patients, then a forget set among training patients.
+    """Seeded split by patient: test and validation patients, then a forget set among the
+    training patients.
 
     ``forget_fraction`` is the fraction of TRAINING patients to forget (at least one). All rows
     of a patient fall on one side, so no patient is both forgotten and retained, or both
@@ -101,6 +108,8 @@ def split_patients(
         raise ValueError(f"forget_fraction must be in (0, 1), got {forget_fraction}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if not 0.0 <= val_fraction < 1.0 - test_fraction:
+        raise ValueError(f"val_fraction must be in [0, 1 - test_fraction), got {val_fraction}")
     g = np.asarray(groups)
     uniq = np.unique(g)
     if len(uniq) < 4:
@@ -108,17 +117,21 @@ def split_patients(
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7919]))
     perm = rng.permutation(uniq)
     n_test = max(1, round(test_fraction * len(uniq)))
-    test_p, train_p = perm[:n_test], perm[n_test:]
+    n_val = round(val_fraction * len(uniq))
+    test_p, val_p, train_p = perm[:n_test], perm[n_test : n_test + n_val], perm[n_test + n_val :]
     n_forget = max(1, round(forget_fraction * len(train_p)))
     forget_p = rng.permutation(train_p)[:n_forget]
     is_test = np.isin(g, test_p)
+    is_val = np.isin(g, val_p)
+    is_train = ~is_test & ~is_val
     is_forget = np.isin(g, forget_p)
     idx = np.arange(len(g))
     return Split(
-        train=idx[~is_test],
+        train=idx[is_train],
         test=idx[is_test],
         forget=idx[is_forget],
-        retain=idx[~is_test & ~is_forget],
+        retain=idx[is_train & ~is_forget],
+        val=idx[is_val],
     )
 
 

@@ -60,6 +60,8 @@ class _Data:
 
         self.f = t(s.forget)
         self.r = t(s.retain)
+        # held-out data a user has (validation split; never the evaluation test set)
+        self.v = t(s.val if len(s.val) else s.retain[:0])
         self.gen = torch.Generator().manual_seed(seed)
         self.dev = dev
 
@@ -93,6 +95,41 @@ def _start(orig: TrainedModel, device: str, seed: int) -> tuple[FusionNet, Fusio
     return og, ul, dev
 
 
+@torch.no_grad()
+def _mean_ce(model: FusionNet, part: tuple[torch.Tensor, ...]) -> float:
+    was = model.training
+    model.eval()
+    out = float(F.cross_entropy(model(part[0], part[1]), part[2]))
+    model.train(was)
+    return out
+
+
+def _reference_loss(og: FusionNet, data: _Data) -> float:
+    """The original model's loss on held-out (validation) data: what unseen data looks like."""
+    if data.v[0].shape[0] == 0:
+        raise ValueError("calibration / early stopping need a validation split")
+    return _mean_ce(og, data.v)
+
+
+@torch.no_grad()
+def calibrate_noise(
+    og: FusionNet, data: _Data, noise_mean: float, text_noise: float, target: float
+) -> float:
+    """Forget-MI's calibration: the noise std whose perturbed forget set gets the original
+    model's held-out loss, ``argmin_s |CE_og(f~_s) - target|`` over a log grid in [0.01, 10]
+    (one fixed noise draw, so the choice is deterministic)."""
+    gen = torch.Generator().manual_seed(12345)
+    xi, xt, y = data.f
+    best, best_gap = 1.0, math.inf
+    for s in np.geomspace(0.01, 10.0, 25):
+        gen.manual_seed(12345)
+        ni, nt = perturb(xi, xt, noise_mean, float(s), text_noise, gen)
+        gap = abs(float(F.cross_entropy(og(ni, nt), y)) - target)
+        if gap < best_gap:
+            best, best_gap = float(s), gap
+    return best
+
+
 def _done(ul: FusionNet, t0: float, dev: torch.device, **info: Any) -> Unlearned:
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -123,6 +160,8 @@ def forget_mi(
     margin: float = 5.0,
     init_noise: float = 1e-2,
     retain_ratio: int = 2,
+    calibrate: bool = True,
+    early_stop: bool = True,
 ) -> Unlearned:
     """Forget-MI: four embedding-distance losses, AdamW, one optimizer step per forget batch.
 
@@ -130,10 +169,18 @@ def forget_mi(
     Because the push-away distances are zero (and so is their gradient) when ``ul`` is an
     exact copy of ``og``, the copy's weights first get Gaussian noise of std ``init_noise`` x
     each tensor's own std (symmetry breaking; 0 disables it).
+
+    ``calibrate`` (with ``use_noise``): the noise std is set so that the original model's loss
+    on the perturbed forget set equals its loss on held-out data (as Forget-MI calibrates it),
+    instead of ``noise_std``. ``early_stop``: stop once the forget set's loss reaches the
+    original model's held-out loss (forget data then looks unseen; no retrained model needed).
     """
     t0 = time.perf_counter()
     og, ul, dev = _start(orig, device, seed)
     data = _Data(feats, dev, seed)
+    target = _reference_loss(og, data)
+    if use_noise and calibrate:
+        noise_std = calibrate_noise(og, data, noise_mean, text_noise, target)
     if init_noise > 0:
         with torch.no_grad():
             for p in ul.parameters():
@@ -144,8 +191,14 @@ def forget_mi(
     opt = _adamw(ul.parameters(), lr)
     ul.eval()  # no dropout: the distances compare deterministic embeddings
     last: dict[str, float] = {}
+    steps = 0
     for _ in range(epochs):
+        if early_stop and _mean_ce(ul, data.f) >= target:
+            break
         for xi_f, xt_f, _y in data.batches(data.f, batch_size):
+            if early_stop and steps and _mean_ce(ul, data.f) >= target:
+                break
+            steps += 1
             xi_r, xt_r, _yr = data.sample(data.r, retain_ratio * batch_size)
             if use_noise:
                 xi_n, xt_n = perturb(xi_f, xt_f, noise_mean, noise_std, text_noise, data.gen)
@@ -157,7 +210,8 @@ def forget_mi(
             loss.backward()
             opt.step()
             last = {k: float(v.detach()) for k, v in d.items()}
-    return _done(ul, t0, dev, **{f"d_{k}": v for k, v in last.items()})
+    info = {f"d_{k}": v for k, v in last.items()}
+    return _done(ul, t0, dev, steps=steps, noise_std=noise_std, target_loss=target, **info)
 
 
 # ---------------------------------------------------------------- MultiDelete
@@ -173,21 +227,28 @@ def multidelete(
     beta: float = 1.0,
     unimodal: str = "both",
     retain_ratio: int = 2,
+    early_stop: bool = False,
 ) -> Unlearned:
     """MultiDelete: ``L = L_MD + alpha * L_MKR + beta * L_UKR``, AdamW + cosine schedule.
 
     One step per forget batch, paired with a random retain batch ``retain_ratio`` times larger.
+    ``early_stop`` as in ``forget_mi`` (stop when the forget loss reaches the held-out loss).
     """
     t0 = time.perf_counter()
     og, ul, dev = _start(orig, device, seed)
     data = _Data(feats, dev, seed)
+    target = _reference_loss(og, data)
     opt = _adamw(ul.parameters(), lr)
     n_steps = max(1, epochs * math.ceil(data.f[0].shape[0] / batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_steps)
     ul.eval()
     last: dict[str, float] = {}
+    steps = 0
     for _ in range(epochs):
         for xi_f, xt_f, _y in data.batches(data.f, batch_size):
+            if early_stop and steps and _mean_ce(ul, data.f) >= target:
+                break
+            steps += 1
             xi_r, xt_r, _yr = data.sample(data.r, retain_ratio * batch_size)
             d = multidelete_losses(ul, og, xi_f, xt_f, xi_r, xt_r, unimodal)
             loss = d["md"] + alpha * d["mkr"] + beta * d["ukr"]
@@ -196,7 +257,8 @@ def multidelete(
             opt.step()
             sched.step()
             last = {k: float(v.detach()) for k, v in d.items()}
-    return _done(ul, t0, dev, **{f"loss_{k}": v for k, v in last.items()})
+    info = {f"loss_{k}": v for k, v in last.items()}
+    return _done(ul, t0, dev, steps=steps, target_loss=target, **info)
 
 
 # ---------------------------------------------------------------- baselines

@@ -86,6 +86,8 @@ UNLEARN_SPACES: dict[str, dict[str, Param]] = {
         "margin": Float(0.1, 50.0, log=True),
         "init_noise": Float(0.0, 0.2),
         "retain_ratio": Categorical([1, 2, 4]),
+        "calibrate": Categorical([True, False]),
+        "early_stop": Categorical([True, False]),
     },
     "multidelete": {
         "lr": _LR,
@@ -95,6 +97,7 @@ UNLEARN_SPACES: dict[str, dict[str, Param]] = {
         "beta": Float(0.0, 5.0),
         "unimodal": Categorical(["image", "text", "both"]),
         "retain_ratio": Categorical([1, 2, 4]),
+        "early_stop": Categorical([True, False]),
     },
     "finetune": {"lr": _LR, "epochs": Int(1, 10), "batch_size": Categorical([32, 64, 128])},
     "neggrad-plus": {
@@ -144,6 +147,8 @@ UNLEARN_DEFAULTS: dict[str, dict[str, Scalar]] = {
         "margin": 5.0,
         "init_noise": 0.01,
         "retain_ratio": 2,
+        "calibrate": True,
+        "early_stop": True,
     },
     "multidelete": {
         "lr": 1e-3,
@@ -153,6 +158,7 @@ UNLEARN_DEFAULTS: dict[str, dict[str, Scalar]] = {
         "beta": 1.0,
         "unimodal": "both",
         "retain_ratio": 2,
+        "early_stop": False,
     },
     "finetune": {"lr": 1e-3, "epochs": 2, "batch_size": 64},
     "neggrad-plus": {
@@ -308,13 +314,13 @@ def make_pipeline(
     def fingerprint() -> str:
         return f"{load_data(source, label).fingerprint}|forget={forget_fraction!r}|label={label}"
 
-    version = f"{method}.2"
+    version = f"{method}.3"
     f_space, t_space = FEATURIZE_SPACE, TRAIN_SPACE
     if not tune_upstream:
         f_space = {k: Categorical([v]) for k, v in FEATURIZE_DEFAULTS.items()}
         t_space = {k: Categorical([v]) for k, v in TRAIN_DEFAULTS.items()}
     stages = [
-        Stage("featurize", featurize_stage, f_space, version="1"),
+        Stage("featurize", featurize_stage, f_space, version="2"),
         Stage("train", train_stage, t_space, version="2"),
         Stage("unlearn", unlearn_stage, UNLEARN_SPACES[method], version=version),
         Stage("evaluate", evaluate_stage, {}, version="2"),

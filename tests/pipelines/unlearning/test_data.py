@@ -25,7 +25,9 @@ def _check(groups: np.ndarray, frac: float, seed: int) -> None:
     assert not forget_p & retain_p
     assert forget_p <= train_p and retain_p <= train_p
     assert forget_p | retain_p == train_p
-    assert len(s.train) + len(s.test) == len(g)
+    val_p = set(g[s.val])
+    assert not val_p & (train_p | test_p)
+    assert len(s.train) + len(s.test) + len(s.val) == len(g)
     assert sorted(np.concatenate([s.forget, s.retain]).tolist()) == s.train.tolist()
     assert len(forget_p) == max(1, round(frac * len(train_p)))
 

@@ -68,3 +68,25 @@ def test_unknown_method_and_device_fallback() -> None:
         run_method("nope", None, None, 0, "cpu")  # type: ignore[arg-type]
     if not torch.cuda.is_available():
         assert resolve_device("cuda").type == "cpu"
+
+
+def test_noise_calibration_matches_the_held_out_loss(setup: tuple[TrainedModel, Features]) -> None:
+    from pipelines.unlearning import methods as m
+
+    orig, f = setup
+    og, _ul, dev = m._start(orig, "cpu", 0)
+    data = m._Data(f, dev, 0)
+    target = m._reference_loss(og, data)
+    s = m.calibrate_noise(og, data, 0.0, 0.0, target)
+    grid = np.geomspace(0.01, 10.0, 25)
+    assert s in grid
+    # a much higher target needs more noise
+    assert m.calibrate_noise(og, data, 0.0, 0.0, target + 5.0) > s
+
+
+def test_early_stop_stops_at_the_held_out_loss(setup: tuple[TrainedModel, Features]) -> None:
+    orig, f = setup
+    full = run_method("forget-mi", orig, f, 0, "cpu", epochs=30, lr=1e-2, early_stop=False)
+    stop = run_method("forget-mi", orig, f, 0, "cpu", epochs=30, lr=1e-2, early_stop=True)
+    assert stop.info["steps"] <= full.info["steps"]
+    assert stop.info["target_loss"] > 0
