@@ -308,8 +308,14 @@ class CostAwareBO(Optimizer):
                 pid = prefix_id(self.space, params, c.depth)
             except KeyError:
                 continue
-            if pid not in cache_plans:
-                cache_plans[pid] = PrefixPlan(c.depth, params, float(c.load_seconds), pid, "cache")
+            if pid in cache_plans:
+                continue
+            plan = PrefixPlan(c.depth, params, max(0.0, float(c.load_seconds)), pid, "cache")
+            try:  # a prefix of another version of the space (other params) is not reusable
+                self._pins(plan)
+            except (KeyError, ValueError, TypeError):
+                continue
+            cache_plans[pid] = plan
         ranked = sorted(
             cache_plans.values(), key=lambda p: (-score.get(p.pid, -math.inf), -p.depth, p.pid)
         )

@@ -140,3 +140,11 @@ def test_copula_is_monotone_with_tied_ranks() -> None:
 
     z = copula(torch.tensor([3.0, -1e5, 2.0, 2.0, 10.0], dtype=torch.float64))
     assert z[1] < z[2] == z[3] < z[0] < z[4]
+
+
+def test_prefix_of_another_space_is_ignored(space: SearchSpace) -> None:
+    hist = toy_history(space, 12)
+    bad = [CachedPrefix(1, {"prep": {"a": 0.5}}, 0.01), CachedPrefix(1, {"other": {}}, 0.01)]
+    opt = make_optimizer("eeipu", space, seed=0, n_warmup=5, eta=1.0, **FAST)
+    for c in opt.ask(3, hist, (), bad, BudgetState(1000.0)):
+        assert c.reuse_depth == 0
