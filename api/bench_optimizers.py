@@ -10,12 +10,14 @@ against cumulative cost, and the paper's two metrics of EEIPU against each basel
   ``mean gain(EEIPU) / mean gain(B) - 1``, where ``gain`` is the best value at the end of the
   run minus the best value after the warm-up trials (sign-adjusted when minimising).
 
-Optuna's TPE runs as an outside reference when optuna is installed.
+Optuna's TPE runs as an outside reference when optuna is installed. Every finished run is
+also appended to ``runs.jsonl`` as it finishes, so an interrupted benchmark keeps its runs.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import random
 import shutil
@@ -302,6 +304,7 @@ def run_benchmark(
         (p, o, s, budgets[p], n_warmup) for p in pipelines for s in range(seeds) for o in optimizers
     ]
     t0 = time.perf_counter()
+    (out_dir / "runs.jsonl").write_text("")
     runs: list[dict[str, Any]] = []
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as ex:
@@ -309,10 +312,12 @@ def run_benchmark(
             for f in futs:
                 runs.append(f.result())
                 _log_run(log, runs[-1], len(runs), len(tasks))
+                _checkpoint(out_dir, runs[-1])
     else:
         for t in tasks:
             runs.append(run_one(*t))
             _log_run(log, runs[-1], len(runs), len(tasks))
+            _checkpoint(out_dir, runs[-1])
     with open(out_dir / "trials.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         w.writeheader()
@@ -365,6 +370,12 @@ def run_benchmark(
     result["markdown"] = str(out_dir / "summary.md")
     result["seconds"] = time.perf_counter() - t0
     return result
+
+
+def _checkpoint(out_dir: Path, run: Mapping[str, Any]) -> None:
+    """Append a finished run to ``runs.jsonl`` (partial results survive an interruption)."""
+    with open(out_dir / "runs.jsonl", "a") as fh:
+        fh.write(json.dumps(run, default=str) + "\n")
 
 
 def _log_run(log: Any, r: Mapping[str, Any], i: int, n: int) -> None:
