@@ -1,0 +1,33 @@
+"""``eeipu bench optimizers`` end to end on a tiny budget (files and the paper's metrics)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from api.cli import main
+
+
+def test_bench_optimizers_writes_csv_table_plot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "report"
+    argv = ["bench", "optimizers", "--pipeline", "synthetic-3stage", "--seeds", "2"]
+    argv += ["--budget", "22", "--optimizers", "random,eeipu", "--no-tpe", "--n-warmup", "3"]
+    argv += ["--out", str(out), "--json"]
+    assert main(argv) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    p = res["pipelines"]["synthetic-3stage"]
+    assert set(p["optimizers"]) == {"random", "eeipu"}
+    assert "more_candidates_pct" in p["eeipu_vs"]["random"]
+    assert (out / "trials.csv").read_text().count("\n") > 8
+    assert "| eeipu |" in (out / "summary.md").read_text()
+    assert (out / "synthetic-3stage.png").stat().st_size > 1000
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 4
+
+
+def test_bench_optimizers_rejects_unknown_optimizer(tmp_path: Path) -> None:
+    argv = ["bench", "optimizers", "--optimizers", "nope", "--out", str(tmp_path)]
+    assert main(argv) == 2
