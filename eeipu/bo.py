@@ -201,7 +201,17 @@ class CostAwareBO(Optimizer):
             out = self._random(min(n, n_random), history, pending, budget, cached)
             if len(out) < n and len(valid) >= 2 and (n_random == 0 or len(out) == n_random):
                 extra = [Pending(c.params, c.reuse_depth) for c in out]
-                out += self._model_ask(n - len(out), history, [*pending, *extra], cached, budget)
+                try:
+                    out += self._model_ask(
+                        n - len(out), history, [*pending, *extra], cached, budget
+                    )
+                except (RuntimeError, ValueError) as e:
+                    # A numerical failure (e.g. a non-positive-definite covariance) must not
+                    # stop a study: propose at random this once and say why.
+                    more = self._random(n - len(out), history, [*pending, *extra], budget)
+                    for c in more:
+                        c.info = {"phase": "fallback", "error": f"{type(e).__name__}: {e}"}
+                    out += more
         self.n_asked += len(out)
         return out
 
