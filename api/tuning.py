@@ -90,7 +90,7 @@ class TuneResult:
             "n_failed": sum(t.error is not None for t in self.trials),
             "n_trials_reusing_cache": sum(t.reused_depth > 0 for t in self.trials),
             "cost_spent": spent,
-            "budget": self.budget,
+            "budget": self.budget if math.isfinite(self.budget) else None,
             "budget_margin": self.margin,
             "overshoot": max(0.0, spent - self.budget) if math.isfinite(self.budget) else 0.0,
             "stop_reason": self.stop_reason,

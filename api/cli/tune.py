@@ -93,7 +93,11 @@ def run(args: argparse.Namespace) -> int:
             desc=args.optimizer,
             file=sys.stderr,
             leave=False,
-            bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f}s cost [{elapsed}{postfix}]",
+            bar_format=(
+                "{l_bar}{bar}| {n:.1f}/{total:.1f}s cost [{elapsed}{postfix}]"
+                if total is not None
+                else "{desc}: {n:.1f}s cost [{elapsed}{postfix}]"
+            ),
         )
 
         def progress(t: TrialResult) -> None:
@@ -132,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{out['optimizer']} on {out['pipeline']}: {out['n_trials']} trials "
         f"({out['n_trials_reusing_cache']} reused a cached prefix), "
-        f"cost {out['cost_spent']:.3f}s of {out['budget']:.3f}s "
+        f"cost {out['cost_spent']:.3f}s of {res.budget:.3f}s "
         f"(overshoot {out['overshoot']:.3f}s), stopped: {out['stop_reason']}"
     )
     print(f"best {out['objective']} = {out['best_value']} (trial {out['best_trial']})")
