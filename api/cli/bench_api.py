@@ -149,6 +149,9 @@ def _start_server(db: str, home: Path) -> tuple[subprocess.Popen[bytes], int]:
     env = dict(os.environ)
     env.pop("EEIPU_API_TOKEN", None)
     env["EEIPU_HOME"] = str(home)
+    # The bench's trials are claimed at setup and told much later, by a "client" that does not
+    # heartbeat: keep the reaper from (rightly) taking them back meanwhile.
+    env["EEIPU_HEARTBEAT_TIMEOUT"] = "86400"
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     args = [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--db", db]
     args += ["--cache", str(home / "cache"), "--workers", "0"]

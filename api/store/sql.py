@@ -238,9 +238,12 @@ class SQLTrialStore(TrialStore):
             return _study(row)
 
     def get_study(self, study_id: int) -> Study | None:
-        with self._read() as s:
-            row = s.get(StudyRow, study_id)
-            return _study(row) if row is not None else None
+        # The API's hottest read: a Core select of the mapped table (no Session, no identity
+        # map); the row carries its own counters, so this is the whole answer.
+        q = select(StudyRow.__table__).where(StudyRow.__table__.c.id == study_id)
+        with self.engine.connect() as c:
+            row: Any = c.execute(q).one_or_none()  # a Row: same attribute names as StudyRow
+        return _study(row) if row is not None else None
 
     def list_studies(
         self, state: StudyState | None = None, limit: int = 100, offset: int = 0
