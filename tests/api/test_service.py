@@ -74,3 +74,31 @@ def test_concurrent_tells_are_group_committed(tmp_path: Path) -> None:
     assert s.best_value == 63.0 and s.best_trial_id == trials[63].id
     assert svc.tells.items == 64 and 1 <= svc.tells.batches <= 64
     svc.tells.close()
+
+
+def test_study_whose_trials_all_fail_is_failed_with_the_reason(tmp_path: Path) -> None:
+    svc = _service(f"sqlite:///{tmp_path / 'f.db'}")
+    st = svc.create_study(StudyRequest("synthetic-3stage", "random", 1e5, parallelism=5))
+    svc.fill(st.id)
+    while (t := svc.store.claim_trial("w", study_id=st.id)) is not None:
+        svc.store.finish_trial(t.id, "w", TrialResult(TrialState.FAILED, error="boom: no GPU"))
+    svc.settle(st.id)
+    s = svc.get_study(st.id)
+    assert s.state.value == "failed" and "boom: no GPU" in (s.error or "")
+    assert svc.resume_study(st.id).state.value == "running"  # after fixing the cause
+
+
+def test_budget_spent_completes_the_study_and_cancels_waiting(tmp_path: Path) -> None:
+    svc = _service(f"sqlite:///{tmp_path / 'b.db'}")
+    st = svc.create_study(StudyRequest("synthetic-3stage", "random", 5.0, parallelism=3))
+    svc.fill(st.id)
+    t = svc.store.claim_trial("w", study_id=st.id)
+    assert t is not None
+    svc.store.finish_trial(t.id, "w", TrialResult(TrialState.COMPLETE, {}, 1.0, 6.0))
+    svc.settle(st.id)
+    s = svc.get_study(st.id)
+    assert s.state.value == "completed" and s.n_complete == 1 and s.n_failed == 2
+    assert all(
+        x.error == "cancelled: budget spent"
+        for x in svc.store.list_trials(st.id, states=[TrialState.FAILED])
+    )

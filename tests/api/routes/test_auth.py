@@ -62,3 +62,17 @@ def test_serve_refuses_a_public_address_without_a_token() -> None:
     )
     assert r.returncode == 2
     assert "refusing to bind 0.0.0.0" in r.stderr and "EEIPU_API_TOKEN" in r.stderr
+
+
+def test_serve_rejects_bad_flags() -> None:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    for flags, needle in ((["--port", "0"], "--port"), (["--workers", "-1"], "workers")):
+        r = subprocess.run(
+            [sys.executable, "-m", "api.cli", "serve", *flags],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=60,
+        )
+        assert r.returncode == 2 and needle in r.stderr, r.stderr
