@@ -251,3 +251,20 @@ def test_eight_workers_claim_200_trials_on_postgresql(tmp_path: Path, pg_server_
         assert by_worker == {o["worker"]: o["trials"] for o in outs if o["trials"]}
     finally:
         srv.stop()
+
+
+def test_eeipu_optimizer_study_plans_and_gets_cache_reuse(server: LiveServer) -> None:
+    import eeipu
+
+    if "eeipu" not in eeipu.optimizer_names():
+        pytest.skip("the eeipu optimizer is not available")
+    st = _create(server, pipeline="synthetic-3stage", optimizer="eeipu", budget_seconds=120)
+    done = server.wait_study(st["id"], timeout=180)
+    assert done["state"] == "completed", done
+    trials = _trials(server, st["id"])
+    complete = [t for t in trials if t["state"] == "COMPLETE"]
+    assert done["n_complete"] == len(complete) > 0
+    best = server.client.get(f"/v1/studies/{st['id']}/best").json()
+    assert best["value"] == max(t["value"] for t in complete)
+    # Whatever prefix the optimizer planned to reuse was in the cache: the run reused it.
+    assert all(t["reused_depth"] >= t["reuse_depth"] for t in complete)
