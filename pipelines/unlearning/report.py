@@ -82,6 +82,8 @@ def aggregate(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         }
         keys = sorted(set().union(*(r["metrics"].keys() for r in rs)))
         for k in keys:
+            if k in row:
+                continue  # the group's own identity (e.g. forget_fraction) is not averaged
             vals = np.array([r["metrics"].get(k, np.nan) for r in rs], dtype=float)
             fin = vals[np.isfinite(vals)]
             row[k] = float(fin.mean()) if len(fin) else float("nan")
@@ -163,7 +165,7 @@ def _tune_method(
     source: str,
     device: str | None,
     log: Callable[[str], None],
-    n_rerank: int = 3,
+    n_rerank: int = 5,
 ) -> tuple[dict[str, Any], list[dict[str, float]]]:
     """Tune ``method`` at ``frac`` on the tuning seeds; return (best params, trial metrics)."""
     from api.tuning import tune
@@ -254,6 +256,9 @@ def _write_outputs(out_dir: str, res: Mapping[str, Any]) -> dict[str, str]:
             cells.append(f"{c[f'diff_{m}']:+.3f} (≤{c[f'allowed_{m}']:.3f})")
         cells += [f"{c['time_ratio']:.3f}", "yes" if c["passes"] else "no"]
         md.append("| " + " | ".join(cells) + " |")
+    md += ["", "Retrained models' seed spread (max - min over seeds):", ""]
+    for frac, sp in res["retrain_spread"].items():
+        md.append(f"- forget {frac}: " + ", ".join(f"{k} {v:.3f}" for k, v in sp.items()))
     md += [
         "",
         "## Retrain-free objective vs retrain-based score (Spearman rank correlation)",
@@ -381,6 +386,9 @@ def run_bench(
         "tuned_rows": tuned_rows,
         "tuned_params": tuned_params,
         "checks": tolerance_checks(agg, runs),
+        "retrain_spread": {
+            f"{frac:g}": {m: _spread(runs, frac, m) for m in TOLERANCES} for frac in fractions
+        },
         "rank_correlation": corr,
         "n_tuning_trials": len(tuning_metrics),
         "wall_seconds": time.perf_counter() - t_start,
