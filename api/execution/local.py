@@ -87,16 +87,25 @@ class LocalWorkerPool(Executor):
         self._thread.start()
 
     def _supervise(self) -> None:
+        # A worker that dies young (bad database URL, broken environment) is replaced after
+        # a growing delay, so a persistent fault does not become a respawn storm.
+        due: dict[int, float] = {}
         while not self._stop.wait(0.1):
             with self._lock:
                 for slot, p in list(self._procs.items()):
                     rc = p.proc.poll()
                     if rc is None or self._stop.is_set():
                         continue
-                    log.warning("worker pid %s exited with %s; replacing it", p.proc.pid, rc)
-                    self._release(p, f"worker process {p.proc.pid} exited with code {rc}")
-                    self._procs[slot] = self._spawn(slot, p.restarts + 1)
-                    self.replaced += 1
+                    now = time.time()
+                    if slot not in due:
+                        log.warning("worker pid %s exited with %s; replacing it", p.proc.pid, rc)
+                        self._release(p, f"worker process {p.proc.pid} exited with code {rc}")
+                        young = now - p.started < 5.0
+                        due[slot] = now + (min(30.0, 0.5 * 2 ** min(p.restarts, 6)) if young else 0)
+                    if now >= due[slot]:
+                        del due[slot]
+                        self._procs[slot] = self._spawn(slot, p.restarts + 1)
+                        self.replaced += 1
 
     def _release(self, p: _Proc, reason: str) -> None:
         try:
