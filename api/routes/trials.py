@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
-from api.deps import Authorized, Limit, Offset, ServiceDep, StudyId, TrialId
+from api.deps import MAX_ID, Authorized, Limit, Offset, ServiceDep, StudyId, TrialId
 from api.routes.studies import ERRORS
 from api.schemas import AskIn, AskOut, HeartbeatIn, TellIn, TrialOut, TrialPage, page_out, trial_out
 from api.service import ServiceError, not_found
@@ -25,14 +25,17 @@ def list_trials(
     limit: Limit = 100,
     offset: Offset = 0,
     stages: Annotated[bool, Query(description="include each trial's stage runs")] = False,
+    after: Annotated[
+        int | None, Query(ge=-1, le=MAX_ID, description="only trials numbered above this")
+    ] = None,
 ) -> Any:
     svc.spec(study_id)  # 404 for an unknown study
-    total = svc.store.count_trials(study_id, state)
+    total = svc.store.count_trials(study_id, state, after=after)
     if stages:
-        rows = svc.store.list_trials(study_id, state, limit, offset, with_stages=True)
+        rows = svc.store.list_trials(study_id, state, limit, offset, with_stages=True, after=after)
         return JSONResponse(page_out([trial_out(t) for t in rows], total, limit, offset))
     # Hot path: trials arrive as JSON texts and are joined without a decode/encode round trip.
-    items = svc.store.trials_json(study_id, state, limit, offset)
+    items = svc.store.trials_json(study_id, state, limit, offset, after=after)
     nxt = offset + len(items)
     head = json.dumps(
         {

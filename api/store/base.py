@@ -256,8 +256,10 @@ class TrialStore(ABC):
         limit: int | None = None,
         offset: int = 0,
         with_stages: bool = False,
+        after: int | None = None,
     ) -> list[Trial]:
-        """Trials of a study in ``number`` order."""
+        """Trials of a study in ``number`` order (only ``number > after``, if given: the
+        incremental fetch of a watching client)."""
 
     def trials_json(
         self,
@@ -265,16 +267,22 @@ class TrialStore(ABC):
         states: Sequence[TrialState] | None = None,
         limit: int | None = None,
         offset: int = 0,
+        after: int | None = None,
     ) -> list[str]:
         """``list_trials`` as JSON texts of ``Trial.to_dict()`` (a backend may skip decoding
         and re-encoding its stored JSON: this is the API's hot path for trial pages)."""
         return [
             json.dumps(t.to_dict(), separators=(",", ":"))
-            for t in self.list_trials(study_id, states, limit, offset)
+            for t in self.list_trials(study_id, states, limit, offset, after=after)
         ]
 
     @abstractmethod
-    def count_trials(self, study_id: int, states: Sequence[TrialState] | None = None) -> int: ...
+    def count_trials(
+        self,
+        study_id: int,
+        states: Sequence[TrialState] | None = None,
+        after: int | None = None,
+    ) -> int: ...
 
     @abstractmethod
     def trial_counts(self, study_id: int) -> dict[TrialState, int]: ...

@@ -350,6 +350,7 @@ class SQLTrialStore(TrialStore):
         limit: int | None = None,
         offset: int = 0,
         with_stages: bool = False,
+        after: int | None = None,
     ) -> list[Trial]:
         q = select(TrialRow).where(TrialRow.study_id == study_id).order_by(TrialRow.number)
         if states:
@@ -358,6 +359,8 @@ class SQLTrialStore(TrialStore):
             q = q.limit(limit)
         if offset:
             q = q.offset(offset)
+        if after is not None:
+            q = q.where(TrialRow.number > after)
         with self._read() as s:
             rows = list(s.scalars(q))
             if not with_stages:
@@ -390,6 +393,7 @@ class SQLTrialStore(TrialStore):
         states: Sequence[TrialState] | None = None,
         limit: int | None = None,
         offset: int = 0,
+        after: int | None = None,
     ) -> list[str]:
         # Core select, JSON columns cast to text: the stored JSON is spliced into the answer
         # as it is (no ORM objects, no decode/encode round trip).
@@ -407,6 +411,8 @@ class SQLTrialStore(TrialStore):
             q = q.limit(limit)
         if offset:
             q = q.offset(offset)
+        if after is not None:
+            q = q.where(TrialRow.number > after)
         names = self._SCALARS
         dumps = json.JSONEncoder(separators=(",", ":")).encode
         out = []
@@ -420,8 +426,15 @@ class SQLTrialStore(TrialStore):
                 )
         return out
 
-    def count_trials(self, study_id: int, states: Sequence[TrialState] | None = None) -> int:
+    def count_trials(
+        self,
+        study_id: int,
+        states: Sequence[TrialState] | None = None,
+        after: int | None = None,
+    ) -> int:
         q = select(func.count(TrialRow.id)).where(TrialRow.study_id == study_id)
+        if after is not None:
+            q = q.where(TrialRow.number > after)
         if states:
             q = q.where(TrialRow.state.in_([st.value for st in states]))
         with self._read() as s:

@@ -66,6 +66,8 @@ def test_paging_stop_resume_delete(api: LiveServer) -> None:
     p1 = api.client.get(f"/v1/studies/{sid}/trials", params={"limit": 2}).json()
     assert [t["number"] for t in p1["items"]] == [0, 1] and p1["total"] == 5
     assert p1["next_offset"] == 2
+    inc = api.client.get(f"/v1/studies/{sid}/trials", params={"after": 2}).json()
+    assert [t["number"] for t in inc["items"]] == [3, 4] and inc["total"] == 2
     p3 = api.client.get(f"/v1/studies/{sid}/trials", params={"limit": 2, "offset": 4}).json()
     assert [t["number"] for t in p3["items"]] == [4] and p3["next_offset"] is None
     assert api.client.post(f"/v1/studies/{sid}/stop").json()["state"] == "stopped"

@@ -254,10 +254,13 @@ def test_trials_json_matches_trial_dicts(store: TrialStore) -> None:
     t2 = store.claim_trial("w", study_id=s.id)
     assert t2 is not None
     store.release_trial(t2.id, "w", "lost", 3)
-    for states, limit, offset in ((None, None, 0), ([TrialState.WAITING], 2, 1), (None, 2, 0)):
-        fast = [json.loads(x) for x in store.trials_json(s.id, states, limit, offset)]
-        slow = [x.to_dict() for x in store.list_trials(s.id, states, limit, offset)]
+    cases = [(None, None, 0, None), ([TrialState.WAITING], 2, 1, None), (None, 2, 0, 1)]
+    for states, limit, offset, after in cases:
+        fast = [json.loads(x) for x in store.trials_json(s.id, states, limit, offset, after)]
+        slow = [x.to_dict() for x in store.list_trials(s.id, states, limit, offset, after=after)]
         assert fast == slow
+    assert [t.number for t in store.list_trials(s.id, after=1)] == [2, 3]
+    assert store.count_trials(s.id, after=1) == 2
 
 
 @pytest.mark.parametrize("direction", ["maximize", "minimize"])
