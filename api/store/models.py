@@ -18,6 +18,7 @@ class Base(DeclarativeBase):
 
 class StudyRow(Base):
     __tablename__ = "studies"
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012 - ids are never reused
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str | None] = mapped_column(String(200))
@@ -51,6 +52,7 @@ class TrialRow(Base):
         Index("ix_trials_study_number", "study_id", "number", unique=True),
         Index("ix_trials_state_id", "state", "id"),
         Index("ix_trials_study_state", "study_id", "state"),
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -44,6 +44,7 @@ def upgrade() -> None:
         sa.Column("ask_version", sa.Integer(), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id"),
+        sqlite_autoincrement=True,
     )
     op.create_index(op.f("ix_studies_state"), "studies", ["state"], unique=False)
     op.create_table(
@@ -69,6 +70,7 @@ def upgrade() -> None:
         sa.Column("failures", sa.JSON(), nullable=False),
         sa.ForeignKeyConstraint(["study_id"], ["studies.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_trials_state_id", "trials", ["state", "id"], unique=False)
     op.create_index("ix_trials_study_number", "trials", ["study_id", "number"], unique=True)
