@@ -1,0 +1,54 @@
+"""The local tuning loop (``api.tuning``): budget accounting, reuse, sinks."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from api.tuning import TrialResult, cached_prefixes, tune
+from cache import open_cache
+from eeipu import make_optimizer
+from pipelines import get_pipeline
+
+FAST = {"raw_samples": 16, "maxiter": 10, "mc_samples": 32, "restarts": 1}
+
+
+def test_random_run_stays_within_budget_and_calls_sinks(tmp_path: Path) -> None:
+    pipe = get_pipeline("synthetic-3stage")
+    opt = make_optimizer("random", pipe.space, seed=0)
+    seen: list[TrialResult] = []
+    res = tune(pipe, opt, 40.0, cache=open_cache(str(tmp_path / "c")), sinks=[seen.append])
+    s = res.summary()
+    assert s["n_trials"] == len(seen) >= 3
+    assert s["cost_spent"] == pytest.approx(sum(t.cost_paid for t in seen))
+    assert s["overshoot"] == pytest.approx(max(0.0, s["cost_spent"] - 40.0))
+    assert seen[-1].cumulative_cost == pytest.approx(s["cost_spent"])
+    assert s["best_value"] == max(t.value for t in seen if t.value is not None)
+
+
+def test_eeipu_reuses_cached_prefixes(tmp_path: Path) -> None:
+    pipe = get_pipeline("synthetic-3stage")
+    cache = open_cache(str(tmp_path / "c"))
+    opt = make_optimizer("eeipu", pipe.space, seed=0, n_warmup=4, **FAST)
+    res = tune(pipe, opt, 60.0, cache=cache, margin=0.5)
+    s = res.summary()
+    assert s["n_trials_reusing_cache"] >= 1
+    assert s["overshoot"] <= 0.5 + 1e-9 or s["overshoot"] < 0.2 * 60
+    for t in res.trials:
+        assert t.reused_depth >= t.planned_reuse  # the planned prefix really was there
+    assert len(cached_prefixes(pipe, cache)) >= 2
+
+
+def test_max_trials_and_bad_arguments(tmp_path: Path) -> None:
+    pipe = get_pipeline("synthetic-3stage")
+    opt = make_optimizer("random", pipe.space, seed=1)
+    res = tune(pipe, opt, math.inf, max_trials=3)
+    assert len(res.trials) == 3 and res.stop_reason == "max_trials"
+    with pytest.raises(ValueError):
+        tune(pipe, opt, math.inf)
+    with pytest.raises(ValueError):
+        tune(pipe, opt, -1.0)
+    with pytest.raises(ValueError, match="objective"):
+        tune(pipe, opt, 10.0, objective="nope")
