@@ -121,6 +121,8 @@ class CostAwareBO(Optimizer):
         kernel: ``"stage-additive"`` (default): the objective GP's kernel is a sum of one RBF
             term per stage and one over all dimensions, each with its own scale, so it learns
             how far the objective decomposes over stages; ``"rbf"``: one ARD RBF kernel.
+        memo_warmup: a memoizing optimizer's second half of the warm-up reuses cached
+            prefixes of the first half (``False``: every warm-up trial is a full random run).
         warp: ``"copula"`` models the objective's normal scores (ranks mapped through the
             normal quantile function), robust to heavy tails such as the synthetic
             pipelines' (values spanning five orders of magnitude); ``"none"`` models raw
@@ -150,6 +152,7 @@ class CostAwareBO(Optimizer):
         eta: float | None = None,
         warp: str = "copula",
         kernel: str = "stage-additive",
+        memo_warmup: bool = True,
     ) -> None:
         super().__init__(space, direction=direction, seed=seed, n_warmup=n_warmup)
         self.mc_samples = mc_samples
@@ -166,6 +169,7 @@ class CostAwareBO(Optimizer):
         if kernel not in ("rbf", "stage-additive"):
             raise ValueError(f"kernel must be 'rbf' or 'stage-additive', got {kernel!r}")
         self.kernel = kernel
+        self.memo_warmup = memo_warmup
         self._fits: dict[str, FitState] = {}
         self.last_info: dict[str, Any] = {}
 
@@ -233,7 +237,7 @@ class CostAwareBO(Optimizer):
         seen = self._seen(history, pending)
         k = len(self.space.stage_names)
         n_full = math.ceil(self.n_warmup / 2)
-        plans = [c for c in cached if 1 <= c.depth < k] if self.memoize else []
+        plans = [c for c in cached if 1 <= c.depth < k] if self.memoize and self.memo_warmup else []
         out: list[Candidate] = []
         committed = sum(mean_cost_after(history, p.reuse_depth) or 0.0 for p in pending)
         for i in range(n):
