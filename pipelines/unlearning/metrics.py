@@ -15,11 +15,13 @@ The default tuning objective ``objective`` uses only what a real user has: the o
                 - |forget_auc - test_auc|                        forget set predicted like unseen
                 - 2 * |mia_sample_svc - mia_sample_svc_test_rate|   attacks call the forget set
                 - 0.5 * |mia_batch_svc - mia_batch_svc_test_rate|   "member" as often as test
-                - max(0, unlearn_seconds / original_train_seconds - 0.2)   <= 1/5 of the cost
+                - 2 * max(0, unlearn_seconds / original_train_seconds - 0.15)  well under 1/5
+                                                                    of the cost
 
 The weights were chosen on the TUNING seeds (1000, 1001; never the evaluation seeds) as the
 combination whose ranking of random configurations of Forget-MI, MultiDelete and NegGrad+
-agreed best with the retrain-based score; the attack terms mattered most.
+agreed best with the retrain-based score; the attack terms mattered most. The time term
+aims under the 1/5 criterion (0.15) because wall times measured while tuning vary.
 
 The retrain-based validation score (computed only to validate)::
 
@@ -252,7 +254,7 @@ def retrain_free_objective(
         - abs(m["forget_auc"] - m["test_auc"])
         - 2.0 * abs(m["mia_sample_svc"] - m["mia_sample_svc_test_rate"])
         - 0.5 * abs(m["mia_batch_svc"] - m["mia_batch_svc_test_rate"])
-        - max(0.0, ratio - 0.2)
+        - 2.0 * max(0.0, ratio - 0.15)
     )
 
 

@@ -273,7 +273,9 @@ def make_pipeline(
             "m_retrained": model_metrics(p_retr, f.y, f.split, s),
         }
 
-    def unlearn_stage(parent: dict[str, Any], seed: int | None = None, **params: Any) -> dict:
+    def unlearn_stage(
+        parent: dict[str, Any], seed: int | None = None, **params: Any
+    ) -> dict[str, Any]:
         retr: TrainedModel = parent["retrained"]
         if method == "retrain":
             out = Unlearned(retr.state, retr.seconds, {"note": "the retrained model itself"})
@@ -323,7 +325,7 @@ def make_pipeline(
         Stage("featurize", featurize_stage, f_space, version="2"),
         Stage("train", train_stage, t_space, version="2"),
         Stage("unlearn", unlearn_stage, UNLEARN_SPACES[method], version=version),
-        Stage("evaluate", evaluate_stage, {}, version="2"),
+        Stage("evaluate", evaluate_stage, {}, version="3"),
     ]
     pipe = UnlearningPipeline(
         method,
