@@ -6,9 +6,14 @@ worker processes or Dask) and the scheduler thread; all of it stops with the app
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
+import os
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,7 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.config import Settings
+from api.config import Settings, data_dir
 from api.service import Scheduler, ServiceError, StudyService
 
 log = logging.getLogger("eeipu.api")
@@ -114,12 +119,39 @@ def install_error_handlers(app: FastAPI) -> None:
         return _err(500, "internal", f"internal error ({type(exc).__name__})")
 
 
-def create_app(settings: Settings | None = None, background: bool = True) -> FastAPI:
+class LeaderLock:
+    """Exactly one process of a multi-process server runs workers and the scheduler: the one
+    holding an exclusive ``flock`` on a file next to the data. The kernel releases it when
+    that process dies, and another process of the server takes over."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def try_acquire(self) -> bool:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        return True
+
+    def close(self) -> None:
+        os.close(self._fd)  # releases the lock
+
+
+def leader_lock_path(settings: Settings) -> Path:
+    digest = hashlib.sha256(settings.db_url.encode()).hexdigest()[:16]
+    return data_dir() / f"serve-leader-{digest}.lock"
+
+
+def create_app(settings: Settings | None = None, background: bool | str = True) -> FastAPI:
     """The service app.
 
     Args:
         settings: configuration (default: from the environment).
-        background: run workers and the scheduler (False: a read/ask/tell-only API).
+        background: True: run workers and the scheduler; False: a read/ask/tell-only API;
+            ``"leader"``: run them only while this process holds the leader lock (one of
+            several HTTP processes of ``eeipu serve --http-workers N``).
     """
     settings = settings or Settings()
     settings.validate()
@@ -137,32 +169,62 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
             cache = open_cache(settings.cache, max_bytes=settings.cache_max_bytes)
         except Exception as e:
             log.warning("cache %s unavailable: %s", settings.cache, e)
-        executor: Executor = NoExecutor()
-        if background and settings.dask:
-            from api.execution.dask import DaskExecutor
-
-            executor = DaskExecutor(store, settings, settings.dask)
-        elif background and settings.workers > 0:
-            from api.execution.local import LocalWorkerPool
-
-            executor = LocalWorkerPool(store, settings, settings.workers)
-        service = StudyService(store, settings, cache, default_parallelism=executor.capacity)
-        scheduler = Scheduler(service, settings.scheduler_interval) if background else None
+        guess = 1 if settings.dask else max(1, settings.workers)
+        service = StudyService(store, settings, cache, default_parallelism=guess)
         app.state.settings = settings
         app.state.service = service
-        app.state.executor = executor
-        app.state.scheduler = scheduler
-        executor.start()
-        if scheduler is not None:
+        app.state.executor = NoExecutor()
+        app.state.scheduler = None
+        started: list[Any] = []
+
+        def start_background() -> None:
+            executor: Executor = NoExecutor()
+            if settings.dask:
+                from api.execution.dask import DaskExecutor
+
+                executor = DaskExecutor(store, settings, settings.dask)
+            elif settings.workers > 0:
+                from api.execution.local import LocalWorkerPool
+
+                executor = LocalWorkerPool(store, settings, settings.workers)
+            service.default_parallelism = executor.capacity
+            scheduler = Scheduler(service, settings.scheduler_interval)
+            executor.start()
             scheduler.start()
+            app.state.executor, app.state.scheduler = executor, scheduler
+            started.extend([scheduler, executor])
+
+        stop_election = threading.Event()
+        election: threading.Thread | None = None
+        lock: LeaderLock | None = None
+        if background is True:
+            start_background()
+        elif background == "leader":
+            lock = LeaderLock(leader_lock_path(settings))
+
+            def elect() -> None:
+                while not stop_election.is_set():
+                    assert lock is not None
+                    if lock.try_acquire():
+                        log.warning("process %s leads: workers and scheduler run here", os.getpid())
+                        start_background()
+                        return
+                    stop_election.wait(1.0)
+
+            election = threading.Thread(target=elect, name="eeipu-election", daemon=True)
+            election.start()
         try:
             yield
         finally:
-            if scheduler is not None:
-                scheduler.stop()
-            executor.stop()
+            stop_election.set()
+            if election is not None:
+                election.join(5)
+            for part in started:
+                part.stop()
             service.tells.close()
             store.close()
+            if lock is not None:
+                lock.close()
 
     app = FastAPI(
         title="eeipu",
@@ -181,3 +243,9 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
         app.include_router(r, prefix="/v1")
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn api.app:app_from_env --factory`` (settings from the
+    environment; one process of several leads the background work)."""
+    return create_app(Settings(), background="leader")

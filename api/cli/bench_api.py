@@ -46,6 +46,7 @@ def register(sub: Any) -> None:
     p.add_argument("--requests", type=int, default=4000, help="requests per read endpoint")
     p.add_argument("--tells", type=int, default=2000, help="tell requests (distinct trials)")
     p.add_argument("--trials", type=int, default=500, help="finished trials in the study")
+    p.add_argument("--http-workers", type=int, default=1, help="server processes (default 1)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -142,7 +143,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_server(db: str, home: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _start_server(
+    db: str, home: Path, http_workers: int = 1
+) -> tuple[subprocess.Popen[bytes], int]:
     import httpx
 
     port = _free_port()
@@ -155,6 +158,7 @@ def _start_server(db: str, home: Path) -> tuple[subprocess.Popen[bytes], int]:
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     args = [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--db", db]
     args += ["--cache", str(home / "cache"), "--workers", "0"]
+    args += ["--http-workers", str(http_workers)]
     log = open(home / f"server-{port}.log", "wb")  # noqa: SIM115 - kept open for the process
     proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
@@ -244,7 +248,7 @@ def bench_one(db: str, args: argparse.Namespace) -> dict[str, Any]:
         else:
             url = db
         try:
-            proc, port = _start_server(url, home)
+            proc, port = _start_server(url, home, args.http_workers)
             try:
                 host = f"127.0.0.1:{port}"
                 body = {
@@ -317,15 +321,25 @@ def bench_one(db: str, args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     if not 1 <= args.clients <= 1024:
         raise ValueError("--clients must be 1..1024")
+    if not 1 <= args.http_workers <= 64:
+        raise ValueError("--http-workers must be 1..64")
     if args.requests < 1 or args.tells < 1 or args.trials < 100:
         raise ValueError("--requests and --tells must be >= 1, --trials >= 100")
     dbs = args.db or ["sqlite", "postgresql"]
     results = [bench_one(db, args) for db in dbs]
-    summary = {"clients": args.clients, "trials_in_study": args.trials, "results": results}
+    summary = {
+        "clients": args.clients,
+        "http_workers": args.http_workers,
+        "trials_in_study": args.trials,
+        "results": results,
+    }
     if args.json:
         emit_json(summary)
         return 0
-    print(f"eeipu bench api: {args.clients} concurrent clients, study with {args.trials} trials")
+    print(
+        f"eeipu bench api: {args.clients} concurrent clients, study with {args.trials} trials, "
+        f"{args.http_workers} server process(es)"
+    )
     print(f"{'db':<11} {'endpoint':<12} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for r in results:
         for ep in ("study", "trials_page", "tell"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import socket
 from typing import Any
 
@@ -19,6 +20,12 @@ def register(sub: Any) -> None:
     p.add_argument("--cache-max-bytes", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="local worker processes (default 2)")
     p.add_argument("--dask", default=None, help="Dask scheduler address, e.g. tcp://host:8786")
+    p.add_argument(
+        "--http-workers",
+        type=int,
+        default=1,
+        help="HTTP server processes (default 1); one of them runs the workers and scheduler",
+    )
     p.add_argument("--log-level", default="warning")
     p.set_defaults(func=run)
 
@@ -69,7 +76,29 @@ def run(args: argparse.Namespace) -> int:
             f"refusing to bind {args.host}: without EEIPU_API_TOKEN the server only listens "
             "on loopback (set a token to serve other hosts)"
         )
+    if not 1 <= args.http_workers <= 64:
+        raise ValueError("--http-workers must be 1..64")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    if args.http_workers > 1:
+        # Each process builds its app from the environment: hand the settings over there.
+        os.environ["EEIPU_DB"] = s.db_url
+        os.environ["EEIPU_CACHE"] = s.cache
+        os.environ["EEIPU_WORKERS"] = str(s.workers)
+        if s.cache_max_bytes:
+            os.environ["EEIPU_CACHE_MAX_BYTES"] = str(s.cache_max_bytes)
+        if s.dask:
+            os.environ["EEIPU_DASK"] = s.dask
+        uvicorn.run(
+            "api.app:app_from_env",
+            factory=True,
+            workers=args.http_workers,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+        return 0
     uvicorn.run(
         create_app(s),
         host=args.host,

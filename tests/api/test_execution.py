@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.api._server import ROOT, LiveServer, restart, start_server
@@ -268,3 +269,23 @@ def test_eeipu_optimizer_study_plans_and_gets_cache_reuse(server: LiveServer) ->
     assert best["value"] == max(t["value"] for t in complete)
     # Whatever prefix the optimizer planned to reuse was in the cache: the run reused it.
     assert all(t["reused_depth"] >= t["reuse_depth"] for t in complete)
+
+
+def test_several_http_processes_elect_one_leader(tmp_path: Path, sqlite_url: str) -> None:
+    """``--http-workers 2``: both processes answer; one runs the workers and the scheduler."""
+    srv = start_server(tmp_path, db_url=sqlite_url, workers=2, extra_args=["--http-workers", "2"])
+    try:
+        st = _create(srv, pipeline="synthetic-3stage", optimizer="random", budget_seconds=30)
+        done = srv.wait_study(st["id"])
+        assert done["state"] == "completed" and done["n_complete"] >= 1
+        kinds = set()
+        for _ in range(20):  # fresh connections land on either process
+            with httpx.Client(base_url=srv.url) as c:
+                kinds.add(c.get("/v1/workers").json()["kind"])
+        assert "local" in kinds
+        trials = _trials(srv, st["id"])
+        assert [t["number"] for t in trials] == list(range(len(trials)))
+    finally:
+        srv.stop()
+    assert "leads: workers and scheduler run here" in srv.output()
+    assert srv.output().count("leads: workers and scheduler run here") == 1
