@@ -152,44 +152,53 @@ def run_one(
         res = tune(pipe, opt, budget, cache=open_cache(tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    sign = 1.0 if pipe.direction == "maximize" else -1.0
-    rows = []
-    for t in res.trials:
-        rows.append(
-            {
-                "pipeline": pipeline_name,
-                "optimizer": optimizer,
-                "seed": seed,
-                "trial": t.number,
-                "phase": t.phase,
-                "value": t.value,
-                "best_so_far": t.best_value,
-                "cost_paid": t.cost_paid,
-                "cumulative_cost": t.cumulative_cost,
-                "reused_depth": t.reused_depth,
-                "planned_reuse": t.planned_reuse,
-                "predicted_cost": t.predicted_cost,
-                "ask_seconds": t.ask_seconds,
-            }
-        )
-    vals = [sign * t.value for t in res.trials if t.value is not None]
-    warm = [sign * t.value for t in res.trials[:n_warmup] if t.value is not None]
+    rows = [
+        {
+            "pipeline": pipeline_name,
+            "optimizer": optimizer,
+            "seed": seed,
+            "trial": t.number,
+            "phase": t.phase,
+            "value": t.value,
+            "best_so_far": t.best_value,
+            "cost_paid": t.cost_paid,
+            "cumulative_cost": t.cumulative_cost,
+            "reused_depth": t.reused_depth,
+            "planned_reuse": t.planned_reuse,
+            "predicted_cost": t.predicted_cost,
+            "ask_seconds": t.ask_seconds,
+        }
+        for t in res.trials
+    ]
+    return summarise_run(rows, pipe.direction, budget, n_warmup)
+
+
+def summarise_run(
+    rows: Sequence[Mapping[str, Any]], direction: str, budget: float, n_warmup: int = 10
+) -> dict[str, Any]:
+    """A run's figures from its per-trial rows (``CSV_FIELDS``), in trial order."""
+    sign = 1.0 if direction == "maximize" else -1.0
+    values = [None if r["value"] in (None, "") else float(r["value"]) for r in rows]
+    vals = [sign * v for v in values if v is not None]
+    warm = [sign * v for v in values[:n_warmup] if v is not None]
     final = max(vals) if vals else math.nan
     warm_best = max(warm) if warm else math.nan
-    summary = res.summary()
-    model_asks = [t.ask_seconds for t in res.trials if t.phase == "model"]
+    spent = sum(float(r["cost_paid"]) for r in rows)
+    model_asks = [float(r["ask_seconds"]) for r in rows if r["phase"] == "model"]
+    first = rows[0] if rows else {}
     return {
-        "pipeline": pipeline_name,
-        "optimizer": optimizer,
-        "seed": seed,
-        "n_trials": len(res.trials),
+        "pipeline": first.get("pipeline"),
+        "optimizer": first.get("optimizer"),
+        "seed": int(first.get("seed", 0)),
+        "budget": budget,
+        "n_trials": len(rows),
         "final_best": sign * final,
         "gain": final - warm_best,
-        "reuse_fraction": summary["n_trials_reusing_cache"] / max(1, len(res.trials)),
-        "cost_spent": summary["cost_spent"],
-        "overshoot": summary["overshoot"],
+        "reuse_fraction": sum(int(r["reused_depth"]) > 0 for r in rows) / max(1, len(rows)),
+        "cost_spent": spent,
+        "overshoot": max(0.0, spent - budget),
         "ask_median": statistics.median(model_asks) if model_asks else math.nan,
-        "rows": rows,
+        "rows": [dict(r) for r in rows],
     }
 
 
@@ -292,8 +301,13 @@ def run_benchmark(
     jobs: int = 1,
     n_warmup: int = 10,
     log: Any = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Run every (pipeline, optimizer, seed), write CSV / markdown / PNGs, return figures."""
+    """Run every (pipeline, optimizer, seed), write CSV / markdown / PNGs, return figures.
+
+    With ``resume``, runs already in ``out_dir/runs.jsonl`` (same pipeline, optimizer, seed
+    and budget) are kept and not run again.
+    """
     from pipelines import get_pipeline
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -304,8 +318,20 @@ def run_benchmark(
         (p, o, s, budgets[p], n_warmup) for p in pipelines for s in range(seeds) for o in optimizers
     ]
     t0 = time.perf_counter()
-    (out_dir / "runs.jsonl").write_text("")
     runs: list[dict[str, Any]] = []
+    jsonl = out_dir / "runs.jsonl"
+    if resume and jsonl.exists():
+        wanted = {(p, o, s): b for p, o, s, b, _ in tasks}
+        for line in jsonl.read_text().splitlines():
+            r = json.loads(line)
+            key = (r["pipeline"], r["optimizer"], int(r["seed"]))
+            if key in wanted and float(r.get("budget", wanted[key])) == wanted[key]:
+                runs.append(r)
+        done = {(r["pipeline"], r["optimizer"], int(r["seed"])) for r in runs}
+        tasks = [t for t in tasks if (t[0], t[1], t[2]) not in done]
+        jsonl.write_text("".join(json.dumps(r, default=str) + "\n" for r in runs))
+    else:
+        jsonl.write_text("")
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as ex:
             futs = [ex.submit(run_one, *t) for t in tasks]

@@ -40,6 +40,11 @@ def register(sub: Any) -> None:
     p.add_argument("--no-tpe", action="store_true", help="skip the Optuna TPE reference")
     p.add_argument("--n-warmup", type=int, default=10)
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs already in OUT/runs.jsonl (same budget) and run only the others",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -75,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         n_warmup=args.n_warmup,
         log=lambda m: print(m, file=sys.stderr, flush=True),
+        resume=args.resume,
     )
     res["notes"] = notes
     if args.json:

@@ -31,3 +31,18 @@ def test_bench_optimizers_writes_csv_table_plot(
 def test_bench_optimizers_rejects_unknown_optimizer(tmp_path: Path) -> None:
     argv = ["bench", "optimizers", "--optimizers", "nope", "--out", str(tmp_path)]
     assert main(argv) == 2
+
+
+def test_bench_optimizers_resume_keeps_finished_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "r"
+    base = ["bench", "optimizers", "--pipeline", "synthetic-3stage", "--seeds", "2"]
+    base += ["--budget", "20", "--no-tpe", "--out", str(out), "--json"]
+    assert main([*base, "--optimizers", "random"]) == 0
+    first = (out / "runs.jsonl").read_text().splitlines()
+    assert main([*base, "--optimizers", "random,ei", "--n-warmup", "3", "--resume"]) == 0
+    lines = (out / "runs.jsonl").read_text().splitlines()
+    assert lines[:2] == first and len(lines) == 4
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(res["pipelines"]["synthetic-3stage"]["optimizers"]) == {"random", "ei"}
