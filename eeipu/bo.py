@@ -122,7 +122,7 @@ class CostAwareBO(Optimizer):
             term per stage and one over all dimensions, each with its own scale, so it learns
             how far the objective decomposes over stages; ``"rbf"``: one ARD RBF kernel.
         memo_warmup: a memoizing optimizer's second half of the warm-up reuses cached
-            prefixes of the first half. Off by default: on synthetic-3stage (10 seeds) it
+            prefixes of the first half. Off by default: on synthetic-3stage it
             bought ~3% more trials but a worse final objective (8 seeds; less diversity in the
             early stages), and it makes "gain after warm-up" incomparable with the baselines,
             whose warm-up is then no longer the same.
