@@ -49,6 +49,11 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--optimizer", default="eeipu", help="optimizer used for tuning")
     p.add_argument("--source", choices=("openi", "diabetes"), default="openi")
+    p.add_argument(
+        "--label",
+        default="abnormal",
+        help="abnormal (MeSH not exactly 'normal') or a MeSH heading, e.g. cardiomegaly",
+    )
     p.add_argument("--device", default=None, help="cpu (default) or cuda (if available)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch default)")
     p.add_argument("--cache", default=None, help="stage cache location (default: a temp dir)")
@@ -75,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         source=args.source,
         device=args.device,
         threads=args.threads,
+        label=args.label,
     )
     if args.json:
         emit_json(res)

@@ -165,6 +165,7 @@ def _tune_method(
     source: str,
     device: str | None,
     log: Callable[[str], None],
+    label: str = "abnormal",
     n_rerank: int = 10,
     rerank_seeds: int = 4,
 ) -> tuple[dict[str, Any], list[dict[str, float]]]:
@@ -172,7 +173,9 @@ def _tune_method(
     from api.tuning import tune
     from eeipu import make_optimizer
 
-    pipe = make_pipeline(method, frac, source=source, device=device, tune_upstream=False)
+    pipe = make_pipeline(
+        method, frac, source=source, label=label, device=device, tune_upstream=False
+    )
     opt = make_optimizer(
         optimizer, pipe.space, direction="maximize", seed=0, n_warmup=min(10, trials)
     )
@@ -290,6 +293,7 @@ def run_bench(
     device: str | None = None,
     threads: int = 1,
     log: Callable[[str], None] = _log,
+    label: str = "abnormal",
 ) -> dict[str, Any]:
     """Run the comparison; returns ``rows`` (defaults), ``tuned_rows``, checks and correlations."""
     import torch
@@ -323,7 +327,7 @@ def run_bench(
     for frac in fractions:
         for seed in range(seeds):
             for m in order:
-                pipe = make_pipeline(m, frac, source=source, device=device)
+                pipe = make_pipeline(m, frac, source=source, label=label, device=device)
                 rec = pipe.run(pipe.defaults, cache=cache, seed=seed)
                 runs.append(
                     {
@@ -341,11 +345,13 @@ def run_bench(
         for frac in fractions:
             for m in tune_methods:
                 params, trial_metrics = _tune_method(
-                    m, frac, tune_trials, optimizer, cache, source, device, log
+                    m, frac, tune_trials, optimizer, cache, source, device, log, label
                 )
                 tuning_metrics += trial_metrics
                 tuned_params[f"{m}@{frac:g}"] = params["unlearn"]
-                pipe = make_pipeline(m, frac, source=source, device=device, tune_upstream=False)
+                pipe = make_pipeline(
+                    m, frac, source=source, label=label, device=device, tune_upstream=False
+                )
                 for seed in range(seeds):
                     rec = pipe.run(params, cache=cache, seed=seed)
                     runs.append(
@@ -378,6 +384,7 @@ def run_bench(
     }
     res: dict[str, Any] = {
         "source": source,
+        "label": label,
         "forget_fractions": list(fractions),
         "seeds": list(range(seeds)),
         "tuning_seeds": list(range(TUNING_SEED, TUNING_SEED + 4)) if tune_trials else [],

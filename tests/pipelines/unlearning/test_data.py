@@ -79,3 +79,7 @@ def test_openi_real_data_loads_and_splits_by_patient() -> None:
     assert not any("no focal consolidation" in t.lower() for t in d.texts)
     for frac in (0.03, 0.10):
         _check(d.groups, frac, 0)
+    # another finding as the label
+    c = load_data("openi", "cardiomegaly")
+    assert 0.02 < float(c.y.mean()) < 0.3
+    assert c.fingerprint != d.fingerprint
