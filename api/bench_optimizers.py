@@ -332,17 +332,18 @@ def run_benchmark(
         jsonl.write_text("".join(json.dumps(r, default=str) + "\n" for r in runs))
     else:
         jsonl.write_text("")
+    n_total = len(runs) + len(tasks)
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as ex:
             futs = [ex.submit(run_one, *t) for t in tasks]
             for f in futs:
                 runs.append(f.result())
-                _log_run(log, runs[-1], len(runs), len(tasks))
+                _log_run(log, runs[-1], len(runs), n_total)
                 _checkpoint(out_dir, runs[-1])
     else:
         for t in tasks:
             runs.append(run_one(*t))
-            _log_run(log, runs[-1], len(runs), len(tasks))
+            _log_run(log, runs[-1], len(runs), n_total)
             _checkpoint(out_dir, runs[-1])
     with open(out_dir / "trials.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
