@@ -1,6 +1,6 @@
 """``eeipu bench unlearning``: every unlearning method vs the retrained model on Open-i.
 
-Thin wrapper: the protocol lives in ``pipelines.unlearning.report``.
+Thin wrapper: the protocol lives in ``api.bench_unlearning``.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.unlearning.report import run_bench
+    from api.bench_unlearning import run_bench
 
     cache = None
     if args.cache:
