@@ -87,6 +87,14 @@ def copula(y: Tensor) -> Tensor:
     return torch.special.ndtri((ranks + 0.5) / n)
 
 
+def log_gap(y: Tensor) -> Tensor:
+    """``-log(1 + (max(y) - y) / s)``, ``s`` the median gap: tames heavy tails like the
+    copula but keeps magnitudes (how much better one configuration is than another)."""
+    gap = y.max() - y
+    s = gap.median().clamp_min(1e-12)
+    return -torch.log1p(gap / s)
+
+
 @contextlib.contextmanager
 def _torch_threads(n: int | None) -> Iterator[None]:
     if n is None:
@@ -129,7 +137,8 @@ class CostAwareBO(Optimizer):
         warp: ``"copula"`` models the objective's normal scores (ranks mapped through the
             normal quantile function), robust to heavy tails such as the synthetic
             pipelines' (values spanning five orders of magnitude); ``"none"`` models raw
-            values.
+            values; ``"log"``: ``-log(1 + gap to the best / median gap)``, monotone like the
+            copula but magnitude-preserving.
     """
 
     name = "bo"
@@ -166,8 +175,8 @@ class CostAwareBO(Optimizer):
         self.refit_fraction = refit_fraction
         self.torch_threads = torch_threads
         self.fixed_eta = eta
-        if warp not in ("copula", "none"):
-            raise ValueError(f"warp must be 'copula' or 'none', got {warp!r}")
+        if warp not in ("copula", "log", "none"):
+            raise ValueError(f"warp must be 'copula', 'log' or 'none', got {warp!r}")
         self.warp = warp
         if kernel not in ("rbf", "stage-additive"):
             raise ValueError(f"kernel must be 'rbf' or 'stage-additive', got {kernel!r}")
@@ -395,7 +404,7 @@ class CostAwareBO(Optimizer):
         obj = self._fit(
             "objective",
             X,
-            copula(y) if self.warp == "copula" else y,
+            copula(y) if self.warp == "copula" else log_gap(y) if self.warp == "log" else y,
             additive=self.kernel == "stage-additive",
         )
         costs = self._cost_models(history)

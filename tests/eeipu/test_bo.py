@@ -148,3 +148,13 @@ def test_prefix_of_another_space_is_ignored(space: SearchSpace) -> None:
     opt = make_optimizer("eeipu", space, seed=0, n_warmup=5, eta=1.0, **FAST)
     for c in opt.ask(3, hist, (), bad, BudgetState(1000.0)):
         assert c.reuse_depth == 0
+
+
+def test_log_gap_keeps_order_and_magnitudes() -> None:
+    import torch
+
+    from eeipu.bo import log_gap
+
+    z = log_gap(torch.tensor([-1.0, -2.0, -1000.0, -3.0], dtype=torch.float64))
+    assert z[0] == 0.0 and z[0] > z[1] > z[3] > z[2]
+    assert float(z[1] - z[3]) < float(z[3] - z[2])
