@@ -122,12 +122,23 @@ class OptunaTPE(Optimizer):
         return out
 
 
-def _make(name: str, space: SearchSpace, direction: str, seed: int, n_warmup: int) -> Optimizer:
+GP_OPTIMIZERS = ("eeipu", "ei", "eipu", "carbo")
+
+
+def _make(
+    name: str,
+    space: SearchSpace,
+    direction: str,
+    seed: int,
+    n_warmup: int,
+    gp_kwargs: Mapping[str, Any] | None = None,
+) -> Optimizer:
     if name == "tpe":
         return OptunaTPE(space, direction=direction, seed=seed, n_warmup=n_warmup)
     from eeipu.registry import make_optimizer
 
-    return make_optimizer(name, space, direction=direction, seed=seed, n_warmup=n_warmup)
+    kw = dict(gp_kwargs or {}) if name in GP_OPTIMIZERS else {}
+    return make_optimizer(name, space, direction=direction, seed=seed, n_warmup=n_warmup, **kw)
 
 
 def default_budget(pipeline: Any, n_full_runs: float = 50.0, seed: int = 0) -> float:
@@ -138,7 +149,12 @@ def default_budget(pipeline: Any, n_full_runs: float = 50.0, seed: int = 0) -> f
 
 
 def run_one(
-    pipeline_name: str, optimizer: str, seed: int, budget: float, n_warmup: int = 10
+    pipeline_name: str,
+    optimizer: str,
+    seed: int,
+    budget: float,
+    n_warmup: int = 10,
+    gp_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One tuning run in a fresh cache; returns its per-trial rows and summary."""
     from api.tuning import tune
@@ -148,7 +164,7 @@ def run_one(
     pipe = get_pipeline(pipeline_name)
     tmp = tempfile.mkdtemp(prefix="eeipu-bench-opt-")
     try:
-        opt = _make(optimizer, pipe.space, pipe.direction, seed, n_warmup)
+        opt = _make(optimizer, pipe.space, pipe.direction, seed, n_warmup, gp_kwargs)
         res = tune(pipe, opt, budget, cache=open_cache(tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -302,10 +318,12 @@ def run_benchmark(
     n_warmup: int = 10,
     log: Any = None,
     resume: bool = False,
+    gp_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run every (pipeline, optimizer, seed), write CSV / markdown / PNGs, return figures.
 
-    With ``resume``, runs already in ``out_dir/runs.jsonl`` (same pipeline, optimizer, seed
+    ``gp_kwargs`` go to every GP optimizer (ablations: ``{"warp": "log"}``, ...). With
+    ``resume``, runs already in ``out_dir/runs.jsonl`` (same pipeline, optimizer, seed
     and budget) are kept and not run again.
     """
     from pipelines import get_pipeline
@@ -315,13 +333,16 @@ def run_benchmark(
         p: budget if budget is not None else default_budget(get_pipeline(p)) for p in pipelines
     }
     tasks = [
-        (p, o, s, budgets[p], n_warmup) for p in pipelines for s in range(seeds) for o in optimizers
+        (p, o, s, budgets[p], n_warmup, gp_kwargs)
+        for p in pipelines
+        for s in range(seeds)
+        for o in optimizers
     ]
     t0 = time.perf_counter()
     runs: list[dict[str, Any]] = []
     jsonl = out_dir / "runs.jsonl"
     if resume and jsonl.exists():
-        wanted = {(p, o, s): b for p, o, s, b, _ in tasks}
+        wanted = {(t[0], t[1], t[2]): t[3] for t in tasks}
         for line in jsonl.read_text().splitlines():
             r = json.loads(line)
             key = (r["pipeline"], r["optimizer"], int(r["seed"]))

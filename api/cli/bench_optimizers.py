@@ -45,6 +45,11 @@ def register(sub: Any) -> None:
         action="store_true",
         help="keep the runs already in OUT/runs.jsonl (same budget) and run only the others",
     )
+    p.add_argument(
+        "--gp-options",
+        default=None,
+        help='JSON keyword arguments for every GP optimizer (ablations), e.g. {"warp": "log"}',
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -63,6 +68,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--seeds, --jobs and --n-warmup must be >= 1")
     if args.budget is not None and not args.budget > 0:
         raise ValueError("--budget must be positive")
+    gp_kwargs = None
+    if args.gp_options:
+        from api.cli.common import parse_json_arg
+
+        gp_kwargs = parse_json_arg(args.gp_options, "--gp-options")
+        if not isinstance(gp_kwargs, dict):
+            raise ValueError("--gp-options must be a JSON object")
     notes = []
     if not args.no_tpe and "tpe" not in opts:
         if importlib.util.find_spec("optuna") is not None:
@@ -81,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         n_warmup=args.n_warmup,
         log=lambda m: print(m, file=sys.stderr, flush=True),
         resume=args.resume,
+        gp_kwargs=gp_kwargs,
     )
     res["notes"] = notes
     if args.json:
