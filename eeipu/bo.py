@@ -134,11 +134,12 @@ class CostAwareBO(Optimizer):
             bought ~3% more trials but a worse final objective (8 seeds; less diversity in the
             early stages), and it makes "gain after warm-up" incomparable with the baselines,
             whose warm-up is then no longer the same.
-        warp: ``"copula"`` models the objective's normal scores (ranks mapped through the
-            normal quantile function), robust to heavy tails such as the synthetic
-            pipelines' (values spanning five orders of magnitude); ``"none"`` models raw
-            values; ``"log"``: ``-log(1 + gap to the best / median gap)``, monotone like the
-            copula but magnitude-preserving.
+        warp: how the objective is modelled. ``"log"`` (default):
+            ``-log(1 + gap to the best / median gap)``, robust to heavy tails (the synthetic
+            objectives span five orders of magnitude) yet magnitude-preserving, which the
+            choice between extending a cached prefix and a full run needs; ``"copula"``:
+            normal scores of the ranks (loses magnitudes: with it EEIPU kept extending a poor
+            prefix in some seeds); ``"none"``: raw values.
     """
 
     name = "bo"
@@ -162,7 +163,7 @@ class CostAwareBO(Optimizer):
         refit_fraction: float = 0.1,
         torch_threads: int | None = 1,
         eta: float | None = None,
-        warp: str = "copula",
+        warp: str = "log",
         kernel: str = "stage-additive",
         memo_warmup: bool = False,
     ) -> None:
