@@ -86,6 +86,7 @@ class TuneResult:
             "best_value": best.value if best else None,
             "best_params": best.params if best else None,
             "best_trial": best.number if best else None,
+            "best_metrics": dict(best.metrics) if best else None,
             "n_trials": len(self.trials),
             "n_failed": sum(t.error is not None for t in self.trials),
             "n_trials_reusing_cache": sum(t.reused_depth > 0 for t in self.trials),

@@ -142,4 +142,35 @@ def run(args: argparse.Namespace) -> int:
     print(f"best {out['objective']} = {out['best_value']} (trial {out['best_trial']})")
     for stage, params in (out["best_params"] or {}).items():
         print(f"  {stage}: {params}")
+    _print_metrics(out.get("best_metrics") or {})
     return 0
+
+
+REFERENCES = ("retrained", "original")
+
+
+def _print_metrics(metrics: dict[str, float]) -> None:
+    """The best trial's metrics; where the pipeline also reports reference models' values
+    (``retrained_<m>``, ``original_<m>``, as the unlearning pipelines do), side by side."""
+    if not metrics:
+        return
+    refs = [r for r in REFERENCES if any(k.startswith(f"{r}_") for k in metrics)]
+    prefixes = (*(f"{r}_" for r in refs), "gap_", "info_")
+    base = sorted(k for k in metrics if not k.startswith(prefixes))
+    paired = [k for k in base if any(f"{r}_{k}" in metrics for r in refs)]
+    if not paired:
+        print("metrics of the best trial:")
+        for k in base:
+            print(f"  {k:<28} {metrics[k]:.4g}")
+        return
+    print(f"metrics of the best trial next to the {' and '.join(refs)} model's:")
+    print(f"  {'metric':<28} {'best trial':>11}" + "".join(f" {r:>11}" for r in refs))
+    for k in paired:
+        cols = "".join(
+            f" {metrics[f'{r}_{k}']:>11.4f}" if f"{r}_{k}" in metrics else f" {'':>11}"
+            for r in refs
+        )
+        print(f"  {k:<28} {metrics[k]:>11.4f}{cols}")
+    for k in base:
+        if k not in paired:
+            print(f"  {k:<28} {metrics[k]:>11.4g}")
