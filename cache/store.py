@@ -318,6 +318,8 @@ class StageCache:
         """Evict lowest recompute-cost-per-byte entries until within ``max_bytes``."""
         if self.max_bytes is None:
             return []
+        if self.total_bytes() <= self.max_bytes:  # one listing; headers only when over budget
+            return []
         with self.backend.lock("__evict__"):
             ents = self.entries()
             total = sum(e.bytes for e in ents)
