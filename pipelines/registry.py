@@ -32,6 +32,8 @@ def _load_builtins() -> None:
 
     register("synthetic-3stage", lambda: synthetic.synthetic_pipeline(3))
     register("synthetic-10stage", lambda: synthetic.synthetic_pipeline(10))
+    register("synthetic-3stage-flat", lambda: synthetic.synthetic_pipeline(3, costs="unit"))
+    register("synthetic-10stage-flat", lambda: synthetic.synthetic_pipeline(10, costs="unit"))
     try:  # the unlearning pipelines register themselves when their module exists
         importlib.import_module("pipelines.unlearning")
     except ModuleNotFoundError as e:

@@ -3,11 +3,19 @@
 Objective (maximised): ``-(sum of each stage's test function)``; the 3-stage pipeline is
 Beale (2 dims) -> Hartmann-3 (3 dims) -> Branin (2 dims), 7 dims in all. Each stage's cost is
 
-    c_k(x) = sum_d (a_kd * g_kd(u_d) + b_kd)^2 / (500 * dims_k)
+    c_k(x) = sum_d (a_kd * g_kd(x_d) + b_kd)^2 / (500 * dims_k)
 
-with ``u`` the parameters scaled to [0, 1] by their declared bounds, ``g`` drawn from
-{cos, sin, logistic, square}, ``a ~ U[5, 20]`` and ``b ~ U[10, 50]``, per stage and dimension,
-from the pipeline's seed. The 10-stage variant cycles the three test functions.
+with ``g`` drawn from {cos, sin, logistic, square}, ``a ~ U[5, 20]`` and ``b ~ U[10, 50]``, per
+stage and dimension, from the pipeline's seed. The 10-stage variant cycles the three test
+functions.
+
+``costs="declared"`` (the default, and the paper's: its code applies ``g`` to each
+hyperparameter in its test function's own units) makes costs strongly
+hyperparameter-dependent: a squared Branin coordinate spans 0-225, so a stage costs from
+about 1 s to 2,000 s. ``costs="unit"`` applies ``g`` to the parameter scaled to [0, 1]
+instead, which leaves nearly flat costs (a full run 6-9 s): there only memoization, not
+cost-awareness, can save budget. Both are registered (``synthetic-3stage`` and
+``synthetic-3stage-flat``, likewise for 10 stages).
 """
 
 from __future__ import annotations
@@ -67,7 +75,7 @@ _G: dict[str, Callable[[float], float]] = {
 }
 
 
-def _make_stage(idx: int, fname: str, rng: random.Random, last: bool, n_stages: int) -> Stage:
+def _make_stage(idx: int, fname: str, rng: random.Random, last: bool, unit: bool) -> Stage:
     func, bounds = _FUNCS[fname]
     dims = len(bounds)
     names = [f"x{d}" for d in range(dims)]
@@ -78,7 +86,7 @@ def _make_stage(idx: int, fname: str, rng: random.Random, last: bool, n_stages: 
 
     def fn(parent: Any, **params: float) -> Cost:
         x = [params[n] for n in names]
-        u = [(v - lo) / (hi - lo) for v, (lo, hi) in zip(x, bounds, strict=True)]
+        u = [(v - lo) / (hi - lo) for v, (lo, hi) in zip(x, bounds, strict=True)] if unit else x
         cost = sum((a * _G[g](ud) + b) ** 2 for (g, a, b), ud in zip(coeffs, u, strict=True))
         cost /= 500.0 * dims
         acc = 0.0 if parent is None else float(parent["acc"])
@@ -88,24 +96,33 @@ def _make_stage(idx: int, fname: str, rng: random.Random, last: bool, n_stages: 
         return Cost({"acc": acc, "stage": idx}, seconds=cost)
 
     space = {n: Float(lo, hi) for n, (lo, hi) in zip(names, bounds, strict=True)}
-    return Stage(f"s{idx + 1}_{fname}", fn, space=space, version="1")
+    return Stage(f"s{idx + 1}_{fname}", fn, space=space, version="1" if unit else "2")
 
 
-def synthetic_pipeline(n_stages: int = 3, seed: int = 0) -> Pipeline:
-    """The paper's synthetic pipeline with ``n_stages`` stages (costs drawn from ``seed``)."""
+def synthetic_pipeline(n_stages: int = 3, seed: int = 0, costs: str = "declared") -> Pipeline:
+    """The paper's synthetic pipeline with ``n_stages`` stages (costs drawn from ``seed``).
+
+    ``costs``: ``"declared"`` (paper) or ``"unit"`` (flat costs; see the module docstring).
+    """
+    if costs not in ("declared", "unit"):
+        raise ValueError(f"costs must be 'declared' or 'unit', got {costs!r}")
+    unit = costs == "unit"
     order = ["beale", "hartmann3", "branin"]
     rng = random.Random(f"eeipu-synthetic-{n_stages}-{seed}")
-    stages = [
-        _make_stage(i, order[i % 3], rng, i == n_stages - 1, n_stages) for i in range(n_stages)
-    ]
+    stages = [_make_stage(i, order[i % 3], rng, i == n_stages - 1, unit) for i in range(n_stages)]
+    suffix = "-flat" if unit else ""
     return Pipeline(
-        f"synthetic-{n_stages}stage",
+        f"synthetic-{n_stages}stage{suffix}",
         stages,
         objective="value",
         direction="maximize",
-        fingerprint=f"synthetic-{n_stages}-{seed}",
+        fingerprint=f"synthetic-{n_stages}-{seed}{suffix}",
         description=(
             f"-(Beale + Hartmann-3 + Branin ...) over {n_stages} stages with declared, "
-            "hyperparameter-dependent stage costs (EEIPU paper setup)"
+            + (
+                "nearly flat stage costs (g of the unit-scaled parameters)"
+                if unit
+                else "strongly hyperparameter-dependent stage costs (EEIPU paper setup)"
+            )
         ),
     )

@@ -14,17 +14,17 @@ def test_bench_optimizers_writes_csv_table_plot(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "report"
-    argv = ["bench", "optimizers", "--pipeline", "synthetic-3stage", "--seeds", "2"]
+    argv = ["bench", "optimizers", "--pipeline", "synthetic-3stage-flat", "--seeds", "2"]
     argv += ["--budget", "22", "--optimizers", "random,eeipu", "--no-tpe", "--n-warmup", "3"]
     argv += ["--out", str(out), "--json"]
     assert main(argv) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    p = res["pipelines"]["synthetic-3stage"]
+    p = res["pipelines"]["synthetic-3stage-flat"]
     assert set(p["optimizers"]) == {"random", "eeipu"}
     assert "more_candidates_pct" in p["eeipu_vs"]["random"]
     assert (out / "trials.csv").read_text().count("\n") > 8
     assert "| eeipu |" in (out / "summary.md").read_text()
-    assert (out / "synthetic-3stage.png").stat().st_size > 1000
+    assert (out / "synthetic-3stage-flat.png").stat().st_size > 1000
     assert len((out / "runs.jsonl").read_text().splitlines()) == 4
 
 
@@ -37,7 +37,7 @@ def test_bench_optimizers_resume_keeps_finished_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "r"
-    base = ["bench", "optimizers", "--pipeline", "synthetic-3stage", "--seeds", "2"]
+    base = ["bench", "optimizers", "--pipeline", "synthetic-3stage-flat", "--seeds", "2"]
     base += ["--budget", "20", "--no-tpe", "--out", str(out), "--json"]
     assert main([*base, "--optimizers", "random"]) == 0
     first = (out / "runs.jsonl").read_text().splitlines()
@@ -45,4 +45,4 @@ def test_bench_optimizers_resume_keeps_finished_runs(
     lines = (out / "runs.jsonl").read_text().splitlines()
     assert lines[:2] == first and len(lines) == 4
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(res["pipelines"]["synthetic-3stage"]["optimizers"]) == {"random", "ei"}
+    assert set(res["pipelines"]["synthetic-3stage-flat"]["optimizers"]) == {"random", "ei"}

@@ -12,7 +12,7 @@ from api.cli import main
 
 def test_tune_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cache = str(tmp_path / "cache")
-    argv = ["tune", "synthetic-3stage", "--optimizer", "eeipu", "--budget", "45"]
+    argv = ["tune", "synthetic-3stage-flat", "--optimizer", "eeipu", "--budget", "45"]
     argv += ["--n-warmup", "4", "--seed", "3", "--cache", cache, "--json"]
     assert main(argv) == 0
     captured = capsys.readouterr()
@@ -25,7 +25,7 @@ def test_tune_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "eeipu" in captured.err  # the progress bar
 
     # A second run on the same cache reuses what the first computed.
-    argv2 = ["tune", "synthetic-3stage", "--optimizer", "random", "--budget", "30"]
+    argv2 = ["tune", "synthetic-3stage-flat", "--optimizer", "random", "--budget", "30"]
     argv2 += ["--max-trials", "2", "--cache", cache, "--json", "--no-progress"]
     assert main(argv2) == 0
     out2 = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -33,6 +33,6 @@ def test_tune_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_tune_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["tune", "synthetic-3stage", "--budget", "-1"]) == 2
+    assert main(["tune", "synthetic-3stage-flat", "--budget", "-1"]) == 2
     assert "budget" in capsys.readouterr().err
     assert main(["tune", "no-such-pipeline", "--budget", "5"]) == 2

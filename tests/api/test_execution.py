@@ -54,7 +54,7 @@ def _wait(cond: Any, what: str, timeout: float = 60.0) -> Any:
 def test_study_completes_with_two_workers_and_next_study_reuses_cache(
     server: LiveServer,
 ) -> None:
-    st = _create(server, pipeline="synthetic-3stage", optimizer="random", budget_seconds=40)
+    st = _create(server, pipeline="synthetic-3stage-flat", optimizer="random", budget_seconds=40)
     assert st["state"] == "running" and st["parallelism"] == 2
     done = server.wait_study(st["id"])
     assert done["state"] == "completed", done
@@ -74,7 +74,11 @@ def test_study_completes_with_two_workers_and_next_study_reuses_cache(
     # Same seed and optimizer: the second study proposes the same configurations and finds
     # their stages in the cache the first study filled.
     st2 = _create(
-        server, pipeline="synthetic-3stage", optimizer="random", budget_seconds=40, max_trials=3
+        server,
+        pipeline="synthetic-3stage-flat",
+        optimizer="random",
+        budget_seconds=40,
+        max_trials=3,
     )
     done2 = server.wait_study(st2["id"])
     assert done2["state"] == "completed"
@@ -83,12 +87,12 @@ def test_study_completes_with_two_workers_and_next_study_reuses_cache(
     assert reused, t2
     assert all(s["hit"] for t in reused for s in t["stages"][: t["reused_depth"]])
     assert done2["cost_spent"] < sum(t["cost_seconds"] for t in complete[:3])
-    cache = server.client.get("/v1/cache", params={"pipeline": "synthetic-3stage"}).json()
+    cache = server.client.get("/v1/cache", params={"pipeline": "synthetic-3stage-flat"}).json()
     assert cache["hits"] > 0 and cache["compute_seconds_saved"] > 0 and cache["bytes"] > 0
     # Eviction by study: the entries the first study computed go, over HTTP.
     ev = server.client.post("/v1/cache/evict", json={"study_id": st["id"]}).json()
     assert ev["deleted"] and not ev["missing"]
-    after = server.client.get("/v1/cache", params={"pipeline": "synthetic-3stage"}).json()
+    after = server.client.get("/v1/cache", params={"pipeline": "synthetic-3stage-flat"}).json()
     assert after["count"] == cache["count"] - len(ev["deleted"])
 
 
@@ -191,7 +195,9 @@ def test_dask_cluster_runs_a_study(tmp_path: Path, sqlite_url: str) -> None:
         try:
             w = srv.client.get("/v1/workers").json()
             assert w["kind"] == "dask" and len(w["workers"]) == 2
-            st = _create(srv, pipeline="synthetic-3stage", optimizer="random", budget_seconds=30)
+            st = _create(
+                srv, pipeline="synthetic-3stage-flat", optimizer="random", budget_seconds=30
+            )
             done = srv.wait_study(st["id"])
             assert done["state"] == "completed" and done["n_complete"] >= 1
             trials = _trials(srv, st["id"], stages=True)
@@ -208,7 +214,7 @@ def test_eight_workers_claim_200_trials_on_postgresql(tmp_path: Path, pg_server_
     try:
         st = _create(
             srv,
-            pipeline="synthetic-3stage",
+            pipeline="synthetic-3stage-flat",
             optimizer="random",
             budget_seconds=1e6,
             max_trials=200,
@@ -259,7 +265,7 @@ def test_eeipu_optimizer_study_plans_and_gets_cache_reuse(server: LiveServer) ->
 
     if "eeipu" not in eeipu.optimizer_names():
         pytest.skip("the eeipu optimizer is not available")
-    st = _create(server, pipeline="synthetic-3stage", optimizer="eeipu", budget_seconds=120)
+    st = _create(server, pipeline="synthetic-3stage-flat", optimizer="eeipu", budget_seconds=120)
     done = server.wait_study(st["id"], timeout=180)
     assert done["state"] == "completed", done
     trials = _trials(server, st["id"])
@@ -275,7 +281,7 @@ def test_several_http_processes_elect_one_leader(tmp_path: Path, sqlite_url: str
     """``--http-workers 2``: both processes answer; one runs the workers and the scheduler."""
     srv = start_server(tmp_path, db_url=sqlite_url, workers=2, extra_args=["--http-workers", "2"])
     try:
-        st = _create(srv, pipeline="synthetic-3stage", optimizer="random", budget_seconds=30)
+        st = _create(srv, pipeline="synthetic-3stage-flat", optimizer="random", budget_seconds=30)
         done = srv.wait_study(st["id"])
         assert done["state"] == "completed" and done["n_complete"] >= 1
         kinds = set()

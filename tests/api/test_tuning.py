@@ -16,7 +16,7 @@ FAST = {"raw_samples": 16, "maxiter": 10, "mc_samples": 32, "restarts": 1}
 
 
 def test_random_run_stays_within_budget_and_calls_sinks(tmp_path: Path) -> None:
-    pipe = get_pipeline("synthetic-3stage")
+    pipe = get_pipeline("synthetic-3stage-flat")
     opt = make_optimizer("random", pipe.space, seed=0)
     seen: list[TrialResult] = []
     res = tune(pipe, opt, 40.0, cache=open_cache(str(tmp_path / "c")), sinks=[seen.append])
@@ -29,7 +29,7 @@ def test_random_run_stays_within_budget_and_calls_sinks(tmp_path: Path) -> None:
 
 
 def test_eeipu_reuses_cached_prefixes(tmp_path: Path) -> None:
-    pipe = get_pipeline("synthetic-3stage")
+    pipe = get_pipeline("synthetic-3stage-flat")
     cache = open_cache(str(tmp_path / "c"))
     opt = make_optimizer("eeipu", pipe.space, seed=0, n_warmup=4, **FAST)
     res = tune(pipe, opt, 60.0, cache=cache, margin=0.5)
@@ -42,7 +42,7 @@ def test_eeipu_reuses_cached_prefixes(tmp_path: Path) -> None:
 
 
 def test_max_trials_and_bad_arguments(tmp_path: Path) -> None:
-    pipe = get_pipeline("synthetic-3stage")
+    pipe = get_pipeline("synthetic-3stage-flat")
     opt = make_optimizer("random", pipe.space, seed=1)
     res = tune(pipe, opt, math.inf, max_trials=3)
     assert len(res.trials) == 3 and res.stop_reason == "max_trials"
