@@ -83,6 +83,7 @@ def forgetmi_losses(
     xt_fn: torch.Tensor,
     xi_r: torch.Tensor,
     xt_r: torch.Tensor,
+    keep: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The four Forget-MI distances (unsigned):
 
@@ -91,7 +92,9 @@ def forgetmi_losses(
     * ``ur`` = d([F_ul(I_r); F_ul(T_r)], [F_og(I_r); F_og(T_r)])
     * ``mr`` = d(G_ul(F_ul(I_r), F_ul(T_r)), G_og(F_og(I_r), F_og(T_r)))
 
-    Without noise pass ``xi_fn = xi_f`` and ``xt_fn = xt_f``.
+    Without noise pass ``xi_fn = xi_f`` and ``xt_fn = xt_f``. ``keep``, if given, receives
+    ``h_r`` = G_ul(F_ul(I_r), F_ul(T_r)) (so a caller can add a head loss without a second
+    forward pass).
     """
     zi_f, zt_f = ul.encode(xi_f, xt_f)
     zi_r, zt_r = ul.encode(xi_r, xt_r)
@@ -100,11 +103,14 @@ def forgetmi_losses(
         oi_r, ot_r = og.encode(xi_r, xt_r)
         oh_f = og.fuse(oi_f, ot_f)
         oh_r = og.fuse(oi_r, ot_r)
+    h_r = ul.fuse(zi_r, zt_r)
+    if keep is not None:
+        keep["h_r"] = h_r
     return {
         "uu": batch_distance(torch.cat([zi_f, zt_f], 1), torch.cat([oi_f, ot_f], 1)),
         "mu": batch_distance(ul.fuse(zi_f, zt_f), oh_f),
         "ur": batch_distance(torch.cat([zi_r, zt_r], 1), torch.cat([oi_r, ot_r], 1)),
-        "mr": batch_distance(ul.fuse(zi_r, zt_r), oh_r),
+        "mr": batch_distance(h_r, oh_r),
     }
 
 
@@ -139,24 +145,39 @@ def multidelete_losses(
     xi_r: torch.Tensor,
     xt_r: torch.Tensor,
     unimodal: str = "both",
+    decouple: str = "text",
+    keep: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """MultiDelete's three losses (``h`` = fused representation, ``pi`` = roll of the batch):
 
-    * ``md``  = MSE(h_ul(I_f, T_f), h_og(I_f, T_pi(f)))   modality decoupling
+    * ``md``  = MSE(h_ul(I_f, T_f), h_og(I_f, T_pi(f)))   modality decoupling (``decouple =
+      "text"``, the paper's: texts shuffled); ``"image"`` shuffles the image side instead,
+      ``MSE(h_ul(I_f, T_f), h_og(I_pi(f), T_f))``; ``"both"`` averages the two. Where the image
+      side carries most of the signal (as on Open-i, age and acquisition metadata), a pair
+      with the same image and another text is still recognised, so the paper's target leaves
+      the image side's memorisation in place.
     * ``mkr`` = MSE(h_ul(I_r, T_r), h_og(I_r, T_r))       multimodal knowledge retention
     * ``ukr`` = MSE(enc_ul(X_f), enc_og(X_f))             unimodal knowledge retention, on the
       image side, the text side or both (``unimodal``)
 
     Rolling by one (rather than a random shuffle) guarantees every forget pair is mismatched.
+    ``keep``, if given, receives ``h_r`` = h_ul(I_r, T_r).
     """
+    if decouple not in ("text", "image", "both"):
+        raise ValueError(f"decouple must be 'text', 'image' or 'both', got {decouple!r}")
     b = xi_f.shape[0]
     perm = torch.roll(torch.arange(b, device=xi_f.device), 1) if b > 1 else None
     zi_f, zt_f = ul.encode(xi_f, xt_f)
     zi_r, zt_r = ul.encode(xi_r, xt_r)
     with torch.no_grad():
         oi_f, ot_f = og.encode(xi_f, xt_f)
-        ot_mis = ot_f[perm] if perm is not None else torch.zeros_like(ot_f)
-        oh_mis = og.fuse(oi_f, ot_mis)
+        targets = []
+        if decouple in ("text", "both"):
+            ot_mis = ot_f[perm] if perm is not None else torch.zeros_like(ot_f)
+            targets.append(og.fuse(oi_f, ot_mis))
+        if decouple in ("image", "both"):
+            oi_mis = oi_f[perm] if perm is not None else torch.zeros_like(oi_f)
+            targets.append(og.fuse(oi_mis, ot_f))
         oi_r, ot_r = og.encode(xi_r, xt_r)
         oh_r = og.fuse(oi_r, ot_r)
     ukr_terms = []
@@ -166,9 +187,13 @@ def multidelete_losses(
         ukr_terms.append(F.mse_loss(zt_f, ot_f))
     if not ukr_terms:
         raise ValueError(f"unimodal must be 'image', 'text' or 'both', got {unimodal!r}")
+    h_f = ul.fuse(zi_f, zt_f)
+    h_r = ul.fuse(zi_r, zt_r)
+    if keep is not None:
+        keep["h_r"] = h_r
     return {
-        "md": F.mse_loss(ul.fuse(zi_f, zt_f), oh_mis),
-        "mkr": F.mse_loss(ul.fuse(zi_r, zt_r), oh_r),
+        "md": torch.stack([F.mse_loss(h_f, t) for t in targets]).mean(),
+        "mkr": F.mse_loss(h_r, oh_r),
         "ukr": torch.stack(ukr_terms).mean(),
     }
 

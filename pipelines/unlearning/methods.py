@@ -97,10 +97,18 @@ def _start(orig: TrainedModel, device: str, seed: int) -> tuple[FusionNet, Fusio
 
 @torch.no_grad()
 def _mean_ce(model: FusionNet, part: tuple[torch.Tensor, ...]) -> float:
+    return float(F.cross_entropy(_eval_logits(model, part), part[2]))
+
+
+def _eval_logits(model: FusionNet, part: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Logits in eval mode (no dropout), leaving the model's mode as it was."""
     was = model.training
-    model.eval()
-    out = float(F.cross_entropy(model(part[0], part[1]), part[2]))
-    model.train(was)
+    if was:
+        model.eval()
+    with torch.no_grad():
+        out = model(part[0], part[1])
+    if was:
+        model.train(True)
     return out
 
 
@@ -109,6 +117,148 @@ def _reference_loss(og: FusionNet, data: _Data) -> float:
     if data.v[0].shape[0] == 0:
         raise ValueError("calibration / early stopping need a validation split")
     return _mean_ce(og, data.v)
+
+
+def auc_t(scores: torch.Tensor, y: torch.Tensor) -> float:
+    """ROC AUC of ``scores`` for binary labels ``y`` (Mann-Whitney on ranks; NaN if one class).
+
+    Ties are broken by order, which is immaterial for continuous model scores.
+    """
+    pos = y == 1
+    n_pos, n = int(pos.sum()), int(y.numel())
+    n_neg = n - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = torch.empty(n, dtype=torch.float64, device=scores.device)
+    ranks[torch.argsort(scores)] = torch.arange(1, n + 1, dtype=torch.float64, device=scores.device)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+@torch.no_grad()
+def _model_auc(model: FusionNet, part: tuple[torch.Tensor, ...]) -> float:
+    logits = _eval_logits(model, part)
+    return auc_t(logits[:, 1] - logits[:, 0], part[2])
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+STOP_MODES = ("none", "loss", "auc", "best")
+
+
+class Stopper:
+    """Retrain-free early stopping, checked after every optimizer step.
+
+    ``mode``: ``"loss"`` stops once the forget set's loss reaches the original model's loss on
+    held-out (validation) data; ``"auc"`` stops once the forget set's AUC falls to the original
+    model's held-out AUC plus ``auc_gap`` (the forget set is then ranked like data the model
+    never saw); ``"none"`` never stops (``True`` / ``False`` mean ``"loss"`` / ``"none"``).
+    ``"best"`` keeps the step (checkpoint) with the best retrain-free trade-off
+
+        score = -|forget AUC - (held-out AUC_og + auc_gap)| - val_weight * max(0, val AUC drop)
+
+    (as both papers pick the epoch they keep) and stops once the forget AUC reaches the target
+    or ``patience`` steps bring no better score.
+
+    ``max_val_drop`` (any mode) is a guard on utility: a step that drops the validation AUC
+    more than this below the original model's is undone and ends the run, so one unlucky seed
+    cannot wreck test performance. Nothing here needs the retrained model or the test set.
+    """
+
+    def __init__(
+        self,
+        mode: str | bool,
+        og: FusionNet,
+        data: _Data,
+        auc_gap: float = 0.0,
+        max_val_drop: float = 1.0,
+        val_weight: float = 3.0,
+        patience: int = 10,
+    ) -> None:
+        if isinstance(mode, bool):
+            mode = "loss" if mode else "none"
+        if mode not in STOP_MODES:
+            raise ValueError(f"early_stop must be one of {STOP_MODES}, got {mode!r}")
+        self.mode = mode
+        self.data = data
+        self.target_loss = _reference_loss(og, data)
+        self.val_auc = _model_auc(og, data.v)
+        self.target_auc = self.val_auc + auc_gap
+        self.max_val_drop = max_val_drop
+        self.guarded = max_val_drop < 1.0
+        self.reason = ""
+        self.val_weight = val_weight
+        self.patience = patience
+        # forget and validation rows in one batch: one forward per check
+        self._fv = tuple(torch.cat([a, b]) for a, b in zip(data.f, data.v, strict=True))
+        self._snap: dict[str, torch.Tensor] | None = None
+        self._best: dict[str, torch.Tensor] | None = None
+        self.best_score = -math.inf
+        self.best_step = 0
+        self._steps = 0
+
+    def score(self, ul: FusionNet) -> tuple[float, float]:
+        """(trade-off score, forget AUC) of the current weights (mode ``"best"``)."""
+        logits = _eval_logits(ul, self._fv)
+        s = logits[:, 1] - logits[:, 0]
+        n_f = self.data.f[0].shape[0]
+        fa = auc_t(s[:n_f], self._fv[2][:n_f])
+        drop = max(0.0, self.val_auc - auc_t(s[n_f:], self._fv[2][n_f:]))
+        return -abs(fa - self.target_auc) - self.val_weight * drop, fa
+
+    def start(self, ul: FusionNet) -> bool:
+        """Check the starting weights; True = nothing to do."""
+        if self.mode == "best":
+            self.best_score, _ = self.score(ul)
+            self._best = _snapshot(ul)
+            return False
+        return self.reached(ul)
+
+    def finish(self, ul: FusionNet) -> None:
+        """Mode ``"best"``: load the kept checkpoint."""
+        if self.mode == "best" and self._best is not None:
+            ul.load_state_dict(self._best)
+
+    def reached(self, ul: FusionNet) -> bool:
+        """True once the forget set looks unseen by the chosen criterion."""
+        if self.mode == "loss":
+            return _mean_ce(ul, self.data.f) >= self.target_loss
+        if self.mode == "auc":
+            a = _model_auc(ul, self.data.f)
+            return not math.isfinite(a) or a <= self.target_auc
+        return False
+
+    def before_step(self, ul: FusionNet) -> None:
+        if self.guarded:
+            self._snap = _snapshot(ul)
+
+    def after_step(self, ul: FusionNet) -> bool:
+        """Check after a step; True = stop now (the guard may have undone the step)."""
+        if (
+            self.guarded
+            and self._snap is not None
+            and _model_auc(ul, self.data.v) < self.val_auc - self.max_val_drop
+        ):
+            ul.load_state_dict(self._snap)
+            self.reason = "guard"
+            return True
+        self._steps += 1
+        if self.mode == "best":
+            sc, fa = self.score(ul)
+            if sc > self.best_score:
+                self.best_score, self.best_step, self._best = sc, self._steps, _snapshot(ul)
+            if not math.isfinite(fa) or fa <= self.target_auc:
+                self.reason = "best"
+                return True
+            if self._steps - self.best_step >= self.patience:
+                self.reason = "patience"
+                return True
+            return False
+        if self.reached(ul):
+            self.reason = self.mode
+            return True
+        return False
 
 
 @torch.no_grad()
@@ -137,7 +287,7 @@ def _done(ul: FusionNet, t0: float, dev: torch.device, **info: Any) -> Unlearned
 
 
 def _adamw(params: Any, lr: float, wd: float = 0.01) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd, foreach=True)
 
 
 # ---------------------------------------------------------------- Forget-MI
@@ -161,7 +311,12 @@ def forget_mi(
     init_noise: float = 1e-2,
     retain_ratio: int = 2,
     calibrate: bool = True,
-    early_stop: bool = True,
+    early_stop: str | bool = True,
+    auc_gap: float = 0.0,
+    max_val_drop: float = 1.0,
+    w_ce: float = 0.0,
+    val_weight: float = 3.0,
+    patience: int = 10,
 ) -> Unlearned:
     """Forget-MI: four embedding-distance losses, AdamW, one optimizer step per forget batch.
 
@@ -172,13 +327,16 @@ def forget_mi(
 
     ``calibrate`` (with ``use_noise``): the noise std is set so that the original model's loss
     on the perturbed forget set equals its loss on held-out data (as Forget-MI calibrates it),
-    instead of ``noise_std``. ``early_stop``: stop once the forget set's loss reaches the
-    original model's held-out loss (forget data then looks unseen; no retrained model needed).
+    instead of ``noise_std``. ``early_stop`` / ``auc_gap`` / ``max_val_drop``: retrain-free
+    stopping and a utility guard, checked after every step (see ``Stopper``). ``w_ce`` (an
+    extension; 0 = the paper's losses only): adds ``w_ce * CE(retain batch)``, task retention
+    on the labels as NegGrad+'s and SCRUB's retain steps do, to the four-term loss.
     """
     t0 = time.perf_counter()
     og, ul, dev = _start(orig, device, seed)
     data = _Data(feats, dev, seed)
-    target = _reference_loss(og, data)
+    stop = Stopper(early_stop, og, data, auc_gap, max_val_drop, val_weight, patience)
+    target = stop.target_loss
     if use_noise and calibrate:
         noise_std = calibrate_noise(og, data, noise_mean, text_noise, target)
     if init_noise > 0:
@@ -192,26 +350,43 @@ def forget_mi(
     ul.eval()  # no dropout: the distances compare deterministic embeddings
     last: dict[str, float] = {}
     steps = 0
+    stopped = stop.start(ul)
     for _ in range(epochs):
-        if early_stop and _mean_ce(ul, data.f) >= target:
+        if stopped:
             break
         for xi_f, xt_f, _y in data.batches(data.f, batch_size):
-            if early_stop and steps and _mean_ce(ul, data.f) >= target:
-                break
             steps += 1
-            xi_r, xt_r, _yr = data.sample(data.r, retain_ratio * batch_size)
+            xi_r, xt_r, y_r = data.sample(data.r, retain_ratio * batch_size)
             if use_noise:
                 xi_n, xt_n = perturb(xi_f, xt_f, noise_mean, noise_std, text_noise, data.gen)
             else:
                 xi_n, xt_n = xi_f, xt_f
-            d = forgetmi_losses(ul, og, xi_f, xt_f, xi_n, xt_n, xi_r, xt_r)
+            keep: dict[str, torch.Tensor] = {}
+            d = forgetmi_losses(ul, og, xi_f, xt_f, xi_n, xt_n, xi_r, xt_r, keep)
             loss = forgetmi_objective(d, weights, use_noise, margin)
+            if w_ce > 0:  # ul is in eval mode: head(h_r) is exactly ul(xi_r, xt_r)
+                loss = loss + w_ce * F.cross_entropy(ul.head(keep["h_r"]), y_r)
+            stop.before_step(ul)
             opt.zero_grad()
             loss.backward()
             opt.step()
             last = {k: float(v.detach()) for k, v in d.items()}
+            if stopped := stop.after_step(ul):
+                break
+    stop.finish(ul)
     info = {f"d_{k}": v for k, v in last.items()}
-    return _done(ul, t0, dev, steps=steps, noise_std=noise_std, target_loss=target, **info)
+    return _done(
+        ul,
+        t0,
+        dev,
+        steps=steps,
+        noise_std=noise_std,
+        target_loss=target,
+        target_auc=stop.target_auc,
+        guard_stop=float(stop.reason == "guard"),
+        kept_step=stop.best_step if stop.mode == "best" else steps,
+        **info,
+    )
 
 
 # ---------------------------------------------------------------- MultiDelete
@@ -227,38 +402,64 @@ def multidelete(
     beta: float = 1.0,
     unimodal: str = "both",
     retain_ratio: int = 2,
-    early_stop: bool = False,
+    early_stop: str | bool = False,
+    auc_gap: float = 0.0,
+    max_val_drop: float = 1.0,
+    w_ce: float = 0.0,
+    decouple: str = "text",
+    val_weight: float = 3.0,
+    patience: int = 10,
 ) -> Unlearned:
     """MultiDelete: ``L = L_MD + alpha * L_MKR + beta * L_UKR``, AdamW + cosine schedule.
 
     One step per forget batch, paired with a random retain batch ``retain_ratio`` times larger.
-    ``early_stop`` as in ``forget_mi`` (stop when the forget loss reaches the held-out loss).
+    ``early_stop`` / ``auc_gap`` / ``max_val_drop`` / ``w_ce`` as in ``forget_mi``;
+    ``decouple`` picks which side is shuffled in the decoupling target (see
+    ``multidelete_losses``; ``"text"`` is the paper's).
     """
     t0 = time.perf_counter()
     og, ul, dev = _start(orig, device, seed)
     data = _Data(feats, dev, seed)
-    target = _reference_loss(og, data)
+    stop = Stopper(early_stop, og, data, auc_gap, max_val_drop, val_weight, patience)
     opt = _adamw(ul.parameters(), lr)
     n_steps = max(1, epochs * math.ceil(data.f[0].shape[0] / batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_steps)
     ul.eval()
     last: dict[str, float] = {}
     steps = 0
+    stopped = stop.start(ul)
     for _ in range(epochs):
+        if stopped:
+            break
         for xi_f, xt_f, _y in data.batches(data.f, batch_size):
-            if early_stop and steps and _mean_ce(ul, data.f) >= target:
-                break
             steps += 1
-            xi_r, xt_r, _yr = data.sample(data.r, retain_ratio * batch_size)
-            d = multidelete_losses(ul, og, xi_f, xt_f, xi_r, xt_r, unimodal)
+            xi_r, xt_r, y_r = data.sample(data.r, retain_ratio * batch_size)
+            keep: dict[str, torch.Tensor] = {}
+            d = multidelete_losses(ul, og, xi_f, xt_f, xi_r, xt_r, unimodal, decouple, keep)
             loss = d["md"] + alpha * d["mkr"] + beta * d["ukr"]
+            if w_ce > 0:  # ul is in eval mode: head(h_r) is exactly ul(xi_r, xt_r)
+                loss = loss + w_ce * F.cross_entropy(ul.head(keep["h_r"]), y_r)
+            stop.before_step(ul)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             last = {k: float(v.detach()) for k, v in d.items()}
+            if stopped := stop.after_step(ul):
+                break
+    stop.finish(ul)
     info = {f"loss_{k}": v for k, v in last.items()}
-    return _done(ul, t0, dev, steps=steps, target_loss=target, **info)
+    return _done(
+        ul,
+        t0,
+        dev,
+        steps=steps,
+        target_loss=stop.target_loss,
+        target_auc=stop.target_auc,
+        guard_stop=float(stop.reason == "guard"),
+        kept_step=stop.best_step if stop.mode == "best" else steps,
+        **info,
+    )
 
 
 # ---------------------------------------------------------------- baselines

@@ -22,7 +22,7 @@ from eeipu.space import Categorical, Float, Int, Param, Scalar
 from pipelines.core import Pipeline, Stage
 from pipelines.unlearning.data import load_data, split_patients
 from pipelines.unlearning.features import Features, featurize
-from pipelines.unlearning.methods import Unlearned, run_method
+from pipelines.unlearning.methods import STOP_MODES, Unlearned, run_method
 from pipelines.unlearning.metrics import compare, model_metrics, retrain_free_objective
 from pipelines.unlearning.model import ModelConfig, TrainedModel, predict_proba, train_model
 
@@ -47,6 +47,11 @@ METHOD_NAMES = (
 DEFAULT_FORGET_FRACTION = 0.10
 _BATCH = 64  # training batch size (fixed: the search space is already large)
 _LR = Float(1e-5, 1e-2, log=True)
+# representation-level methods take small loss values: their useful steps are larger
+_LR_REPR = Float(1e-5, 3e-2, log=True)
+_AUC_GAP = Float(-0.05, 0.1)  # early_stop="auc": stop at the original's held-out AUC + gap
+_VAL_WEIGHT = Float(0.0, 10.0)  # early_stop="best": weight of the validation-AUC drop
+_W_CE = Float(0.0, 2.0)  # task retention: weight of the retain batch's cross-entropy
 
 FEATURIZE_SPACE: dict[str, Param] = {
     "text_encoder": Categorical(["tfidf", "minilm"]),
@@ -72,7 +77,7 @@ TRAIN_DEFAULTS: dict[str, Scalar] = {
 
 UNLEARN_SPACES: dict[str, dict[str, Param]] = {
     "forget-mi": {
-        "lr": _LR,
+        "lr": _LR_REPR,
         "epochs": Int(1, 30),
         "batch_size": Categorical([16, 32, 64]),
         "w_uu": Float(0.0, 1.0),
@@ -87,17 +92,26 @@ UNLEARN_SPACES: dict[str, dict[str, Param]] = {
         "init_noise": Float(0.0, 0.2),
         "retain_ratio": Categorical([1, 2, 4]),
         "calibrate": Categorical([True, False]),
-        "early_stop": Categorical([True, False]),
+        "early_stop": Categorical(list(STOP_MODES)),
+        "auc_gap": _AUC_GAP,
+        "w_ce": _W_CE,
+        "val_weight": _VAL_WEIGHT,
+        "patience": Int(3, 40, log=True),
     },
     "multidelete": {
-        "lr": _LR,
+        "lr": _LR_REPR,
         "epochs": Int(1, 40),
         "batch_size": Categorical([16, 32, 64]),
         "alpha": Float(0.0, 5.0),
         "beta": Float(0.0, 5.0),
         "unimodal": Categorical(["image", "text", "both"]),
         "retain_ratio": Categorical([1, 2, 4]),
-        "early_stop": Categorical([True, False]),
+        "early_stop": Categorical(list(STOP_MODES)),
+        "auc_gap": _AUC_GAP,
+        "w_ce": _W_CE,
+        "val_weight": _VAL_WEIGHT,
+        "patience": Int(3, 40, log=True),
+        "decouple": Categorical(["text", "image", "both"]),
     },
     "finetune": {"lr": _LR, "epochs": Int(1, 10), "batch_size": Categorical([32, 64, 128])},
     "neggrad-plus": {
@@ -132,10 +146,13 @@ UNLEARN_SPACES: dict[str, dict[str, Param]] = {
     "retrain": {},
 }
 UNLEARN_DEFAULTS: dict[str, dict[str, Scalar]] = {
+    # Forget-MI's four losses with the multimodal-heavy paper weights, plus the retrain-free
+    # checkpoint choice ("best") and retain cross-entropy (w_ce); chosen on tuning seeds
+    # 1000-1007 (never the evaluation seeds)
     "forget-mi": {
-        "lr": 1e-3,
-        "epochs": 5,
-        "batch_size": 32,
+        "lr": 1e-2,
+        "epochs": 30,
+        "batch_size": 64,
         "w_uu": 0.1,
         "w_ur": 0.1,
         "w_mu": 0.4,
@@ -146,19 +163,28 @@ UNLEARN_DEFAULTS: dict[str, dict[str, Scalar]] = {
         "text_noise": 0.3,
         "margin": 5.0,
         "init_noise": 0.01,
-        "retain_ratio": 2,
+        "retain_ratio": 4,
         "calibrate": True,
-        "early_stop": True,
+        "early_stop": "best",
+        "auc_gap": 0.0,
+        "w_ce": 2.0,
+        "val_weight": 10.0,
+        "patience": 20,
     },
     "multidelete": {
-        "lr": 1e-3,
-        "epochs": 5,
-        "batch_size": 32,
+        "lr": 1e-2,
+        "epochs": 30,
+        "batch_size": 64,
         "alpha": 1.0,
-        "beta": 1.0,
+        "beta": 0.0,
         "unimodal": "both",
-        "retain_ratio": 2,
-        "early_stop": False,
+        "retain_ratio": 4,
+        "early_stop": "best",
+        "auc_gap": 0.0,
+        "w_ce": 0.5,
+        "val_weight": 5.0,
+        "patience": 20,
+        "decouple": "image",
     },
     "finetune": {"lr": 1e-3, "epochs": 2, "batch_size": 64},
     "neggrad-plus": {
@@ -316,7 +342,7 @@ def make_pipeline(
     def fingerprint() -> str:
         return f"{load_data(source, label).fingerprint}|forget={forget_fraction!r}|label={label}"
 
-    version = f"{method}.3"
+    version = f"{method}.4"
     f_space, t_space = FEATURIZE_SPACE, TRAIN_SPACE
     if not tune_upstream:
         f_space = {k: Categorical([v]) for k, v in FEATURIZE_DEFAULTS.items()}

@@ -135,3 +135,41 @@ def test_perturbation_statistics() -> None:
     # no noise, no drop: identity
     ni0, nt0 = perturb(xi, xt, 0.0, 0.0, 0.0, g)
     assert torch.equal(ni0, xi) and torch.equal(nt0, xt)
+
+
+def test_multidelete_decoupling_sides() -> None:
+    og = _net(0)
+    ul = _net(0)
+    xi_f, xt_f = _x(3, 5)
+    xi_r, xt_r = _x(4, 6)
+    roll = torch.tensor([2, 0, 1])
+    with torch.no_grad():
+        zi, zt = og.encode(xi_f, xt_f)
+        h = og.fuse(zi, zt)
+        md_text = ((h - og.fuse(zi, zt[roll])) ** 2).mean()
+        md_image = ((h - og.fuse(zi[roll], zt)) ** 2).mean()
+    d_t = multidelete_losses(ul, og, xi_f, xt_f, xi_r, xt_r, decouple="text")
+    d_i = multidelete_losses(ul, og, xi_f, xt_f, xi_r, xt_r, decouple="image")
+    d_b = multidelete_losses(ul, og, xi_f, xt_f, xi_r, xt_r, decouple="both")
+    assert d_t["md"].item() == pytest.approx(md_text.item(), rel=1e-5)
+    assert d_i["md"].item() == pytest.approx(md_image.item(), rel=1e-5)
+    assert d_b["md"].item() == pytest.approx((md_text + md_image).item() / 2, rel=1e-5)
+    with pytest.raises(ValueError):
+        multidelete_losses(ul, og, xi_f, xt_f, xi_r, xt_r, decouple="audio")
+
+
+def test_losses_hand_back_the_fused_retain_representation() -> None:
+    og = _net(0)
+    ul = _net(2)
+    xi_f, xt_f = _x(3, 5)
+    xi_r, xt_r = _x(4, 6)
+    with torch.no_grad():
+        expect = ul.fuse(*ul.encode(xi_r, xt_r))
+        logits = ul(xi_r, xt_r)
+    keep: dict[str, torch.Tensor] = {}
+    forgetmi_losses(ul, og, xi_f, xt_f, xi_f, xt_f, xi_r, xt_r, keep)
+    assert torch.allclose(keep["h_r"], expect)
+    assert torch.allclose(ul.head(keep["h_r"]), logits)  # eval mode: the head gives the logits
+    keep2: dict[str, torch.Tensor] = {}
+    multidelete_losses(ul, og, xi_f, xt_f, xi_r, xt_r, keep=keep2)
+    assert torch.allclose(keep2["h_r"], expect)

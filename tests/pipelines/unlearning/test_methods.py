@@ -90,3 +90,83 @@ def test_early_stop_stops_at_the_held_out_loss(setup: tuple[TrainedModel, Featur
     stop = run_method("forget-mi", orig, f, 0, "cpu", epochs=30, lr=1e-2, early_stop=True)
     assert stop.info["steps"] <= full.info["steps"]
     assert stop.info["target_loss"] > 0
+
+
+def test_auc_t_matches_sklearn() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from pipelines.unlearning.methods import auc_t
+
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(50, generator=g)
+    y = (torch.rand(50, generator=g) < 0.4).long()
+    assert auc_t(s, y) == pytest.approx(roc_auc_score(y.numpy(), s.numpy()), abs=1e-12)
+    assert auc_t(torch.tensor([0.1, 0.9]), torch.tensor([0, 1])) == 1.0
+    assert np.isnan(auc_t(s, torch.zeros(50, dtype=torch.long)))
+
+
+def test_stopper_modes(setup: tuple[TrainedModel, Features]) -> None:
+    from pipelines.unlearning import methods as m
+
+    orig, f = setup
+    og, _ul, dev = m._start(orig, "cpu", 0)
+    data = m._Data(f, dev, 0)
+    assert m.Stopper(True, og, data).mode == "loss"
+    assert m.Stopper(False, og, data).mode == "none"
+    with pytest.raises(ValueError):
+        m.Stopper("sometimes", og, data)
+    # "auc": the original model ranks its own training rows better than held-out ones, so the
+    # target (held-out AUC) is not reached at the start; a huge gap makes it reached at once
+    st = m.Stopper("auc", og, data)
+    assert st.target_auc == pytest.approx(st.val_auc)
+    assert st.reached(og) == (m._model_auc(og, data.f) <= st.val_auc)
+    assert m.Stopper("auc", og, data, auc_gap=1.0).reached(og)
+    assert not m.Stopper("none", og, data).reached(og)
+
+
+def test_stopper_guard_undoes_a_harmful_step(setup: tuple[TrainedModel, Features]) -> None:
+    from pipelines.unlearning import methods as m
+
+    orig, f = setup
+    og, ul, dev = m._start(orig, "cpu", 0)
+    data = m._Data(f, dev, 0)
+    st = m.Stopper("none", og, data, max_val_drop=0.0)
+    before = {k: v.clone() for k, v in ul.state_dict().items()}
+    st.before_step(ul)
+    with torch.no_grad():  # a "step" that wrecks the model: the head predicts the opposite
+        ul.head.weight.mul_(-1.0)
+    assert st.after_step(ul) and st.reason == "guard"
+    for k, v in ul.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_best_mode_keeps_the_best_checkpoint(setup: tuple[TrainedModel, Features]) -> None:
+    from pipelines.unlearning import methods as m
+
+    orig, f = setup
+    og, ul, dev = m._start(orig, "cpu", 0)
+    data = m._Data(f, dev, 0)
+    st = m.Stopper("best", og, data, val_weight=100.0, patience=2)
+    assert not st.start(ul)
+    start_score = st.best_score
+    with torch.no_grad():
+        ul.head.weight.mul_(-1.0)  # worse on validation: not kept
+    st.after_step(ul)
+    assert st.best_step == 0 and st.best_score == start_score
+    assert st.after_step(ul) and st.reason in ("patience", "best")
+    st.finish(ul)
+    for k, v in ul.state_dict().items():
+        assert torch.equal(v, og.state_dict()[k])
+
+
+@pytest.mark.parametrize("method", ["forget-mi", "multidelete"])
+def test_best_mode_and_task_retention_run(
+    method: str, setup: tuple[TrainedModel, Features]
+) -> None:
+    orig, f = setup
+    kw = {"decouple": "both"} if method == "multidelete" else {}
+    out = run_method(
+        method, orig, f, 0, "cpu", epochs=3, lr=1e-2, early_stop="best", w_ce=1.0, **kw
+    )
+    assert 0 <= out.info["kept_step"] <= out.info["steps"]
+    assert np.isfinite(out.info["target_auc"])

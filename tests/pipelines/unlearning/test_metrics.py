@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -30,7 +32,13 @@ def memorised() -> dict[str, np.ndarray]:
     y = rng.integers(0, 2, size=n)
     a, b, c = np.arange(0, 200), np.arange(200, 400), np.arange(400, 600)
     cfg = ModelConfig(16, 8, hidden=128, dropout=0.0)
-    kw = {"lr": 3e-3, "epochs": 150, "weight_decay": 0.0, "batch_size": 50, "seed": 0}
+    kw: dict[str, Any] = {
+        "lr": 3e-3,
+        "epochs": 150,
+        "weight_decay": 0.0,
+        "batch_size": 50,
+        "seed": 0,
+    }
     over = train_model(cfg, text, image, y, a, **kw)
     return {
         "y": y,

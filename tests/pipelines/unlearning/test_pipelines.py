@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cache import open_cache
+from eeipu.space import Scalar
 from pipelines.registry import builtin_names, get_pipeline
 from pipelines.unlearning import data as data_mod
 from pipelines.unlearning.pipelines import METHOD_NAMES, default_params, make_pipeline
@@ -34,7 +35,7 @@ CONTRACT = (
 )
 
 
-def _fast(method: str) -> dict[str, dict[str, object]]:
+def _fast(method: str) -> dict[str, dict[str, Scalar]]:
     p = default_params(method)
     p["train"]["epochs"] = 5
     p["featurize"]["text_dim"] = 8
