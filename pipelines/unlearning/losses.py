@@ -74,6 +74,15 @@ def normalise_weights(w: Mapping[str, float]) -> dict[str, float]:
     return {k: max(0.0, float(v)) / tot for k, v in w.items()}
 
 
+def _encode_split(
+    m: FusionNet, xi_a: torch.Tensor, xt_a: torch.Tensor, xi_b: torch.Tensor, xt_b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``m.encode`` of rows ``a`` and ``b`` in one forward pass: ``(zi_a, zt_a, zi_b, zt_b)``."""
+    n = xi_a.shape[0]
+    zi, zt = m.encode(torch.cat([xi_a, xi_b]), torch.cat([xt_a, xt_b]))
+    return zi[:n], zt[:n], zi[n:], zt[n:]
+
+
 def forgetmi_losses(
     ul: FusionNet,
     og: FusionNet,
@@ -96,19 +105,20 @@ def forgetmi_losses(
     ``h_r`` = G_ul(F_ul(I_r), F_ul(T_r)) (so a caller can add a head loss without a second
     forward pass).
     """
-    zi_f, zt_f = ul.encode(xi_f, xt_f)
-    zi_r, zt_r = ul.encode(xi_r, xt_r)
+    nf = xi_f.shape[0]
+    # one pass over forget + retain rows per model (eval mode: rows are independent)
+    zi_f, zt_f, zi_r, zt_r = _encode_split(ul, xi_f, xt_f, xi_r, xt_r)
     with torch.no_grad():
-        oi_f, ot_f = og.encode(xi_fn, xt_fn)
-        oi_r, ot_r = og.encode(xi_r, xt_r)
-        oh_f = og.fuse(oi_f, ot_f)
-        oh_r = og.fuse(oi_r, ot_r)
-    h_r = ul.fuse(zi_r, zt_r)
+        oi_f, ot_f, oi_r, ot_r = _encode_split(og, xi_fn, xt_fn, xi_r, xt_r)
+        oh = og.fuse(torch.cat([oi_f, oi_r]), torch.cat([ot_f, ot_r]))
+        oh_f, oh_r = oh[:nf], oh[nf:]
+    h = ul.fuse(torch.cat([zi_f, zi_r]), torch.cat([zt_f, zt_r]))
+    h_f, h_r = h[:nf], h[nf:]
     if keep is not None:
         keep["h_r"] = h_r
     return {
         "uu": batch_distance(torch.cat([zi_f, zt_f], 1), torch.cat([oi_f, ot_f], 1)),
-        "mu": batch_distance(ul.fuse(zi_f, zt_f), oh_f),
+        "mu": batch_distance(h_f, oh_f),
         "ur": batch_distance(torch.cat([zi_r, zt_r], 1), torch.cat([oi_r, ot_r], 1)),
         "mr": batch_distance(h_r, oh_r),
     }
@@ -167,10 +177,9 @@ def multidelete_losses(
         raise ValueError(f"decouple must be 'text', 'image' or 'both', got {decouple!r}")
     b = xi_f.shape[0]
     perm = torch.roll(torch.arange(b, device=xi_f.device), 1) if b > 1 else None
-    zi_f, zt_f = ul.encode(xi_f, xt_f)
-    zi_r, zt_r = ul.encode(xi_r, xt_r)
+    zi_f, zt_f, zi_r, zt_r = _encode_split(ul, xi_f, xt_f, xi_r, xt_r)
     with torch.no_grad():
-        oi_f, ot_f = og.encode(xi_f, xt_f)
+        oi_f, ot_f, oi_r, ot_r = _encode_split(og, xi_f, xt_f, xi_r, xt_r)
         targets = []
         if decouple in ("text", "both"):
             ot_mis = ot_f[perm] if perm is not None else torch.zeros_like(ot_f)
@@ -178,7 +187,6 @@ def multidelete_losses(
         if decouple in ("image", "both"):
             oi_mis = oi_f[perm] if perm is not None else torch.zeros_like(oi_f)
             targets.append(og.fuse(oi_mis, ot_f))
-        oi_r, ot_r = og.encode(xi_r, xt_r)
         oh_r = og.fuse(oi_r, ot_r)
     ukr_terms = []
     if unimodal in ("image", "both"):
@@ -187,8 +195,9 @@ def multidelete_losses(
         ukr_terms.append(F.mse_loss(zt_f, ot_f))
     if not ukr_terms:
         raise ValueError(f"unimodal must be 'image', 'text' or 'both', got {unimodal!r}")
-    h_f = ul.fuse(zi_f, zt_f)
-    h_r = ul.fuse(zi_r, zt_r)
+    nf = xi_f.shape[0]
+    h = ul.fuse(torch.cat([zi_f, zi_r]), torch.cat([zt_f, zt_r]))
+    h_f, h_r = h[:nf], h[nf:]
     if keep is not None:
         keep["h_r"] = h_r
     return {

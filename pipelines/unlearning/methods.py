@@ -290,6 +290,27 @@ def _adamw(params: Any, lr: float, wd: float = 0.01) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=lr, weight_decay=wd, foreach=True)
 
 
+def _plan(data: _Data, batch_size: int, epochs: int, steps: int) -> tuple[int, int]:
+    """(epochs to iterate, optimizer steps planned): ``steps > 0`` overrides ``epochs`` with a
+    fixed number of steps (cycling through the forget set), so the cost does not grow with the
+    forget set's size."""
+    per_epoch = max(1, math.ceil(data.f[0].shape[0] / batch_size))
+    if steps > 0:
+        return math.ceil(steps / per_epoch), steps
+    return epochs, epochs * per_epoch
+
+
+def _schedule(
+    opt: torch.optim.Optimizer, kind: str, n_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """``"cosine"``: anneal to 0 over ``n_steps``; ``"constant"``: keep the learning rate."""
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, n_steps))
+    if kind == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _step: 1.0)
+    raise ValueError(f"schedule must be 'cosine' or 'constant', got {kind!r}")
+
+
 # ---------------------------------------------------------------- Forget-MI
 def forget_mi(
     orig: TrainedModel,
@@ -317,6 +338,8 @@ def forget_mi(
     w_ce: float = 0.0,
     val_weight: float = 3.0,
     patience: int = 10,
+    schedule: str = "cosine",
+    steps: int = 0,
 ) -> Unlearned:
     """Forget-MI: four embedding-distance losses, AdamW, one optimizer step per forget batch.
 
@@ -331,6 +354,9 @@ def forget_mi(
     stopping and a utility guard, checked after every step (see ``Stopper``). ``w_ce`` (an
     extension; 0 = the paper's losses only): adds ``w_ce * CE(retain batch)``, task retention
     on the labels as NegGrad+'s and SCRUB's retain steps do, to the four-term loss.
+    ``schedule``: ``"cosine"`` anneals the learning rate to 0 over the planned steps (the public
+    code creates a scheduler but never steps it), ``"constant"`` keeps it. ``steps > 0``:
+    that many optimizer steps instead of ``epochs`` passes over the forget set.
     """
     t0 = time.perf_counter()
     og, ul, dev = _start(orig, device, seed)
@@ -347,6 +373,8 @@ def forget_mi(
                 )
     weights = {"uu": w_uu, "ur": w_ur, "mu": w_mu, "mr": w_mr}
     opt = _adamw(ul.parameters(), lr)
+    epochs, planned = _plan(data, batch_size, epochs, steps)
+    sched = _schedule(opt, schedule, planned)
     ul.eval()  # no dropout: the distances compare deterministic embeddings
     last: dict[str, float] = {}
     steps = 0
@@ -355,6 +383,9 @@ def forget_mi(
         if stopped:
             break
         for xi_f, xt_f, _y in data.batches(data.f, batch_size):
+            if steps >= planned:
+                stopped = True
+                break
             steps += 1
             xi_r, xt_r, y_r = data.sample(data.r, retain_ratio * batch_size)
             if use_noise:
@@ -370,6 +401,7 @@ def forget_mi(
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
             last = {k: float(v.detach()) for k, v in d.items()}
             if stopped := stop.after_step(ul):
                 break
@@ -409,21 +441,22 @@ def multidelete(
     decouple: str = "text",
     val_weight: float = 3.0,
     patience: int = 10,
+    steps: int = 0,
 ) -> Unlearned:
     """MultiDelete: ``L = L_MD + alpha * L_MKR + beta * L_UKR``, AdamW + cosine schedule.
 
     One step per forget batch, paired with a random retain batch ``retain_ratio`` times larger.
     ``early_stop`` / ``auc_gap`` / ``max_val_drop`` / ``w_ce`` as in ``forget_mi``;
     ``decouple`` picks which side is shuffled in the decoupling target (see
-    ``multidelete_losses``; ``"text"`` is the paper's).
+    ``multidelete_losses``; ``"text"`` is the paper's). ``steps`` as in ``forget_mi``.
     """
     t0 = time.perf_counter()
     og, ul, dev = _start(orig, device, seed)
     data = _Data(feats, dev, seed)
     stop = Stopper(early_stop, og, data, auc_gap, max_val_drop, val_weight, patience)
     opt = _adamw(ul.parameters(), lr)
-    n_steps = max(1, epochs * math.ceil(data.f[0].shape[0] / batch_size))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_steps)
+    epochs, planned = _plan(data, batch_size, epochs, steps)
+    sched = _schedule(opt, "cosine", planned)
     ul.eval()
     last: dict[str, float] = {}
     steps = 0
@@ -432,6 +465,9 @@ def multidelete(
         if stopped:
             break
         for xi_f, xt_f, _y in data.batches(data.f, batch_size):
+            if steps >= planned:
+                stopped = True
+                break
             steps += 1
             xi_r, xt_r, y_r = data.sample(data.r, retain_ratio * batch_size)
             keep: dict[str, torch.Tensor] = {}

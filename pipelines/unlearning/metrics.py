@@ -10,7 +10,9 @@ The default tuning objective ``objective`` uses only what a real user has: the o
 (a user who could afford to retrain would not unlearn)::
 
     objective = test_auc
-                - 3 * max(0, original_test_auc - test_auc)       keep test performance
+                - 3 * drop - 10 * max(0, drop - 0.01)            keep test performance, where
+                                                                 drop = max(0, original_test_auc
+                                                                 - test_auc)
                 - max(0, original_retain_auc - retain_auc)       keep retain performance
                 - |forget_auc - test_auc|                        forget set predicted like unseen
                 - 2 * |mia_sample_svc - mia_sample_svc_test_rate|   attacks call the forget set
@@ -20,8 +22,13 @@ The default tuning objective ``objective`` uses only what a real user has: the o
 
 The weights were chosen on the TUNING seeds (1000, 1001; never the evaluation seeds) as the
 combination whose ranking of random configurations of Forget-MI, MultiDelete and NegGrad+
-agreed best with the retrain-based score; the attack terms mattered most. The time term
-aims under the 1/5 criterion (0.15) because wall times measured while tuning vary.
+agreed best with the retrain-based score; the attack terms mattered most. The hinge on the
+test-AUC drop beyond 0.01 was added after tuned configurations (judged on tuning seeds
+1000-1005 and development seeds 2000-2004) kept trading 0.02-0.03 test AUC for forgetting:
+the drop is measured against the original model on the same split (a paired, low-noise
+difference), and the retrained model's own test AUC is within about 0.005 of the original's
+here, so a drop past 0.01 is damage, not forgetting. The time term aims under the 1/5
+criterion (0.15) because wall times measured while tuning vary.
 
 The retrain-based validation score (computed only to validate)::
 
@@ -247,9 +254,11 @@ def retrain_free_objective(
 ) -> float:
     """The default objective (see the module docstring); needs no retrained model."""
     ratio = unlearn_seconds / max(original_train_seconds, 1e-9)
+    drop = max(0.0, original["test_auc"] - m["test_auc"])
     return float(
         m["test_auc"]
-        - 3.0 * max(0.0, original["test_auc"] - m["test_auc"])
+        - 3.0 * drop
+        - 10.0 * max(0.0, drop - 0.01)
         - max(0.0, original["retain_auc"] - m["retain_auc"])
         - abs(m["forget_auc"] - m["test_auc"])
         - 2.0 * abs(m["mia_sample_svc"] - m["mia_sample_svc_test_rate"])

@@ -170,3 +170,23 @@ def test_best_mode_and_task_retention_run(
     )
     assert 0 <= out.info["kept_step"] <= out.info["steps"]
     assert np.isfinite(out.info["target_auc"])
+
+
+@pytest.mark.parametrize("method", ["forget-mi", "multidelete"])
+def test_steps_override_epochs(method: str, setup: tuple[TrainedModel, Features]) -> None:
+    orig, f = setup
+    n_f = len(f.split.forget)
+    out = run_method(method, orig, f, 0, "cpu", epochs=1, batch_size=4, steps=7, early_stop="none")
+    assert out.info["steps"] == 7
+    by_epochs = run_method(method, orig, f, 0, "cpu", epochs=2, batch_size=4, early_stop="none")
+    assert by_epochs.info["steps"] == 2 * -(-n_f // 4)
+
+
+def test_forget_mi_schedules(setup: tuple[TrainedModel, Features]) -> None:
+    orig, f = setup
+    kw = {"epochs": 2, "lr": 1e-2, "early_stop": "none"}
+    cos = run_method("forget-mi", orig, f, 0, "cpu", schedule="cosine", **kw)
+    const = run_method("forget-mi", orig, f, 0, "cpu", schedule="constant", **kw)
+    assert any(not torch.equal(cos.state[k], const.state[k]) for k in cos.state)
+    with pytest.raises(ValueError):
+        run_method("forget-mi", orig, f, 0, "cpu", schedule="linear", **kw)

@@ -109,3 +109,9 @@ def test_model_metrics_compare_and_objective() -> None:
     fast = retrain_free_objective(m, m, unlearn_seconds=0.1, original_train_seconds=1.0)
     slow = retrain_free_objective(m, m, unlearn_seconds=1.0, original_train_seconds=1.0)
     assert fast - slow == pytest.approx(2 * (1.0 - 0.15))
+    # a test-AUC drop against the original costs 1 + 3 per unit, and 10 more past 0.01
+    orig = dict(m)
+    for drop, cost in ((0.005, 4 * 0.005), (0.03, 4 * 0.03 + 10 * 0.02)):
+        worse = {**m, "test_auc": m["test_auc"] - drop, "forget_auc": m["forget_auc"] - drop}
+        got = retrain_free_objective(worse, orig, 0.1, 1.0)
+        assert fast - got == pytest.approx(cost)
