@@ -155,8 +155,14 @@ def run_one(
     budget: float,
     n_warmup: int = 10,
     gp_kwargs: Mapping[str, Any] | None = None,
+    max_trials: int | None = None,
 ) -> dict[str, Any]:
-    """One tuning run in a fresh cache; returns its per-trial rows and summary."""
+    """One tuning run in a fresh cache; returns its per-trial rows and summary.
+
+    ``max_trials`` caps the run (every optimizer alike): where cheap reused prefixes allow
+    thousands of trials, the cap keeps the GP's cubic cost bounded; a capped run reports
+    ``capped`` and spends less than the budget.
+    """
     from api.tuning import tune
     from cache import open_cache
     from pipelines import get_pipeline
@@ -165,7 +171,7 @@ def run_one(
     tmp = tempfile.mkdtemp(prefix="eeipu-bench-opt-")
     try:
         opt = _make(optimizer, pipe.space, pipe.direction, seed, n_warmup, gp_kwargs)
-        res = tune(pipe, opt, budget, cache=open_cache(tmp))
+        res = tune(pipe, opt, budget, cache=open_cache(tmp), max_trials=max_trials)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     rows = [
@@ -186,7 +192,10 @@ def run_one(
         }
         for t in res.trials
     ]
-    return summarise_run(rows, pipe.direction, budget, n_warmup)
+    out = summarise_run(rows, pipe.direction, budget, n_warmup)
+    out["max_trials"] = max_trials
+    out["capped"] = max_trials is not None and len(rows) >= max_trials
+    return out
 
 
 def summarise_run(
@@ -319,12 +328,13 @@ def run_benchmark(
     log: Any = None,
     resume: bool = False,
     gp_kwargs: Mapping[str, Any] | None = None,
+    max_trials: int | None = None,
 ) -> dict[str, Any]:
     """Run every (pipeline, optimizer, seed), write CSV / markdown / PNGs, return figures.
 
     ``gp_kwargs`` go to every GP optimizer (ablations: ``{"warp": "log"}``, ...). With
-    ``resume``, runs already in ``out_dir/runs.jsonl`` (same pipeline, optimizer, seed
-    and budget) are kept and not run again.
+    ``resume``, runs already in ``out_dir/runs.jsonl`` (same pipeline, optimizer, seed,
+    budget and ``max_trials``) are kept and not run again.
     """
     from pipelines import get_pipeline
 
@@ -333,7 +343,7 @@ def run_benchmark(
         p: budget if budget is not None else default_budget(get_pipeline(p)) for p in pipelines
     }
     tasks = [
-        (p, o, s, budgets[p], n_warmup, gp_kwargs)
+        (p, o, s, budgets[p], n_warmup, gp_kwargs, max_trials)
         for p in pipelines
         for s in range(seeds)
         for o in optimizers
@@ -346,7 +356,8 @@ def run_benchmark(
         for line in jsonl.read_text().splitlines():
             r = json.loads(line)
             key = (r["pipeline"], r["optimizer"], int(r["seed"]))
-            if key in wanted and float(r.get("budget", wanted[key])) == wanted[key]:
+            same_cap = r.get("max_trials") == max_trials
+            if key in wanted and float(r.get("budget", wanted[key])) == wanted[key] and same_cap:
                 runs.append(r)
         done = {(r["pipeline"], r["optimizer"], int(r["seed"])) for r in runs}
         tasks = [t for t in tasks if (t[0], t[1], t[2]) not in done]
@@ -371,15 +382,21 @@ def run_benchmark(
         w.writeheader()
         for r in runs:
             w.writerows(r["rows"])
-    result: dict[str, Any] = {"budgets": budgets, "seeds": seeds, "pipelines": {}}
+    result: dict[str, Any] = {
+        "budgets": budgets,
+        "seeds": seeds,
+        "max_trials": max_trials,
+        "pipelines": {},
+    }
     lines = ["# Optimizer benchmark", ""]
+    cap = f", at most {max_trials} trials per run" if max_trials is not None else ""
     for p in pipelines:
         lines += [
-            f"## {p} (budget {budgets[p]} s, {seeds} seeds, mean ± 95% CI)",
+            f"## {p} (budget {budgets[p]} s{cap}, {seeds} seeds, mean ± 95% CI)",
             "",
             "| optimizer | trials | final best | gain after warm-up | reuse % | overshoot s "
-            "| median ask s |",
-            "|---|---|---|---|---|---|---|",
+            "| median ask s | capped runs |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         per: dict[str, Any] = {}
         for o in optimizers:
@@ -394,10 +411,12 @@ def run_benchmark(
             ask = statistics.median(asks) if asks else math.nan
             per[o] = {k: {"mean": v[0], "ci95": v[1]} for k, v in stats_.items()}
             per[o]["ask_median_seconds"] = ask
+            n_capped = sum(bool(r.get("capped")) for r in rs)
+            per[o]["capped_runs"] = n_capped
             lines.append(
                 f"| {o} | {_fmt(*stats_['n_trials'])} | {_fmt(*stats_['final_best'])} | "
                 f"{_fmt(*stats_['gain'])} | {100 * stats_['reuse_fraction'][0]:.0f} | "
-                f"{stats_['overshoot'][0]:.3g} | {ask:.3f} |"
+                f"{stats_['overshoot'][0]:.3g} | {ask:.3f} | {n_capped}/{len(rs)} |"
             )
         pm = paper_metrics(runs, p)
         lines += ["", "EEIPU against each baseline (the paper's two metrics):", ""]

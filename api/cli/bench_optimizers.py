@@ -41,9 +41,15 @@ def register(sub: Any) -> None:
     p.add_argument("--n-warmup", type=int, default=10)
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     p.add_argument(
+        "--max-trials",
+        type=int,
+        default=None,
+        help="cap every run at this many trials (runs that hit it are reported as capped)",
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
-        help="keep the runs already in OUT/runs.jsonl (same budget) and run only the others",
+        help="keep the runs already in OUT/runs.jsonl (same budget and cap); run the others",
     )
     p.add_argument(
         "--gp-options",
@@ -66,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown optimizer(s) {bad}; choose from {sorted(known)}")
     if args.seeds < 1 or args.jobs < 1 or args.n_warmup < 1:
         raise ValueError("--seeds, --jobs and --n-warmup must be >= 1")
+    if args.max_trials is not None and args.max_trials < 1:
+        raise ValueError("--max-trials must be >= 1")
     if args.budget is not None and not args.budget > 0:
         raise ValueError("--budget must be positive")
     gp_kwargs = None
@@ -94,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         log=lambda m: print(m, file=sys.stderr, flush=True),
         resume=args.resume,
         gp_kwargs=gp_kwargs,
+        max_trials=args.max_trials,
     )
     res["notes"] = notes
     if args.json:

@@ -46,3 +46,22 @@ def test_bench_optimizers_resume_keeps_finished_runs(
     assert lines[:2] == first and len(lines) == 4
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(res["pipelines"]["synthetic-3stage-flat"]["optimizers"]) == {"random", "ei"}
+
+
+def test_bench_optimizers_max_trials_caps_every_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cap"
+    argv = ["bench", "optimizers", "--pipeline", "synthetic-3stage", "--seeds", "1"]
+    argv += ["--optimizers", "random", "--no-tpe", "--max-trials", "4", "--out", str(out)]
+    assert main([*argv, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["max_trials"] == 4
+    rand = res["pipelines"]["synthetic-3stage"]["optimizers"]["random"]
+    assert rand["n_trials"]["mean"] == 4 and rand["capped_runs"] == 1
+    assert "at most 4 trials" in (out / "summary.md").read_text()
+    # Resuming with another cap does not keep the capped run.
+    assert main([*argv[:-4], "--max-trials", "5", "--out", str(out), "--resume", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["pipelines"]["synthetic-3stage"]["optimizers"]["random"]["n_trials"]["mean"] == 5
+    assert main([*argv[:-2], "--max-trials", "0", "--out", str(out)]) == 2
