@@ -252,21 +252,32 @@ def _fmt(m: float, h: float, digits: int = 4) -> str:
 def equal_spend(
     runs: Sequence[Mapping[str, Any]], pipeline: str, optimizers: Sequence[str]
 ) -> dict[str, Any] | None:
-    """Trials and best value of each optimizer within the least spend of any capped run.
+    """Trials and best value of each optimizer within the same spend, seed by seed.
 
-    ``None`` when no run of ``pipeline`` was capped (then every run had the whole budget).
-    Best values are sign-adjusted like ``final_best`` (the pipeline's own direction).
+    For each seed, the spend is the least that any capped run of that seed spent (runs of
+    one seed share their warm-up); seeds without a capped run are left out. ``None`` when
+    no run of ``pipeline`` was capped. Best values are in the pipeline's own units.
     """
     mine = [r for r in runs if r["pipeline"] == pipeline]
-    capped = [r for r in mine if r.get("capped")]
-    if not capped:
+    spends: dict[int, float] = {}
+    for r in mine:
+        if r.get("capped"):
+            s = int(r["seed"])
+            spends[s] = min(spends.get(s, math.inf), float(r["cost_spent"]))
+    if not spends:
         return None
-    spend = min(float(r["cost_spent"]) for r in capped)
-    out: dict[str, Any] = {"spend": spend, "optimizers": {}}
+    out: dict[str, Any] = {
+        "spend_by_seed": {str(k): v for k, v in sorted(spends.items())},
+        "spend": statistics.fmean(spends.values()),
+        "optimizers": {},
+    }
     for o in optimizers:
         counts, bests = [], []
-        for r in (r for r in mine if r["optimizer"] == o):
-            within = [row for row in r["rows"] if float(row["cumulative_cost"]) <= spend]
+        for r in mine:
+            if r["optimizer"] != o or int(r["seed"]) not in spends:
+                continue
+            limit = spends[int(r["seed"])]
+            within = [row for row in r["rows"] if float(row["cumulative_cost"]) <= limit]
             counts.append(float(len(within)))
             b = [row["best_so_far"] for row in within if row["best_so_far"] is not None]
             bests.append(float(b[-1]) if b else math.nan)
@@ -453,9 +464,10 @@ def run_benchmark(
         if eq:
             lines += [
                 "",
-                f"Capped runs end before the budget, so counts are also compared at EQUAL "
-                f"SPEND: {eq['spend']:.6g} s, the least any capped run spent (trials whose "
-                "cumulative cost stays within it; cooling was scheduled for the full budget).",
+                "Capped runs end before the budget, so counts are also compared at EQUAL "
+                "SPEND: for each seed, the least any capped run of that seed spent (mean "
+                f"{eq['spend']:.6g} s); trials whose cumulative cost stays within it. Cooling "
+                "was scheduled for the full budget.",
                 "",
                 "| optimizer | trials within spend | best within spend |",
                 "|---|---|---|",
