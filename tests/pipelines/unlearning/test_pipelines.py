@@ -85,3 +85,14 @@ def test_bad_arguments() -> None:
     p = make_pipeline("forget-mi", 0.1, source="diabetes", tune_upstream=False)
     with pytest.raises(ValueError):
         p.canonical({**p.defaults, "train": {**p.defaults["train"], "epochs": 7}})
+
+
+def test_representation_methods_are_tuned_over_a_bounded_step_budget() -> None:
+    from eeipu.space import Int
+    from pipelines.unlearning.pipelines import UNLEARN_DEFAULTS, UNLEARN_SPACES
+
+    for m in ("forget-mi", "multidelete"):
+        assert "epochs" not in UNLEARN_SPACES[m]
+        steps = UNLEARN_SPACES[m]["steps"]
+        assert isinstance(steps, Int) and steps.low >= 1 and steps.high <= 35
+        assert int(UNLEARN_DEFAULTS[m]["steps"]) > 0
