@@ -229,6 +229,21 @@ class Stopper:
             return not math.isfinite(a) or a <= self.target_auc
         return False
 
+    def step(
+        self,
+        ul: FusionNet,
+        loss: torch.Tensor,
+        opt: torch.optim.Optimizer,
+        sched: torch.optim.lr_scheduler.LRScheduler,
+    ) -> bool:
+        """One optimizer step of ``loss`` between the checks; True = stop now."""
+        self.before_step(ul)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        return self.after_step(ul)
+
     def before_step(self, ul: FusionNet) -> None:
         if self.guarded:
             self._snap = _snapshot(ul)
@@ -397,13 +412,8 @@ def forget_mi(
             loss = forgetmi_objective(d, weights, use_noise, margin)
             if w_ce > 0:  # ul is in eval mode: head(h_r) is exactly ul(xi_r, xt_r)
                 loss = loss + w_ce * F.cross_entropy(ul.head(keep["h_r"]), y_r)
-            stop.before_step(ul)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
             last = {k: float(v.detach()) for k, v in d.items()}
-            if stopped := stop.after_step(ul):
+            if stopped := stop.step(ul, loss, opt, sched):
                 break
     stop.finish(ul)
     info = {f"d_{k}": v for k, v in last.items()}
@@ -475,13 +485,8 @@ def multidelete(
             loss = d["md"] + alpha * d["mkr"] + beta * d["ukr"]
             if w_ce > 0:  # ul is in eval mode: head(h_r) is exactly ul(xi_r, xt_r)
                 loss = loss + w_ce * F.cross_entropy(ul.head(keep["h_r"]), y_r)
-            stop.before_step(ul)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
             last = {k: float(v.detach()) for k, v in d.items()}
-            if stopped := stop.after_step(ul):
+            if stopped := stop.step(ul, loss, opt, sched):
                 break
     stop.finish(ul)
     info = {f"loss_{k}": v for k, v in last.items()}
