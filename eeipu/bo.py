@@ -19,7 +19,10 @@ so a proposal costs about one acquisition optimisation whatever the pool size.
 
 Batches (``n > 1``) are picked greedily with a kriging believer: pending trials and earlier
 picks are added to the objective GP at their predicted mean, so EI vanishes at them; exact
-duplicates of seen or pending configurations are never proposed. A candidate is dropped when
+duplicates of seen or pending configurations are never proposed. An earlier pick of the
+batch will be pending as soon as the batch is submitted, so (for EEIPU) its prefixes join
+the pool (``via="batch"``) and a later pick may plan to reuse them: the worker that runs it
+waits for its batch-mate to cache the prefix instead of computing it again. A candidate is dropped when
 its predicted cost exceeds what remains of the budget (after the pending trials' predicted
 costs) plus ``budget.margin``.
 """
@@ -497,23 +500,31 @@ class CostAwareBO(Optimizer):
                 p[s] = dict(plan.params[s])
             params_all.append(p)
         Xc = torch.tensor([space.encode(p) for p in params_all], dtype=DTYPE)
-        a0 = acqf(obj, iall)
-        log_inv = a0.log_inverse_cost(Xc.unsqueeze(1)) if costs and eta > 0 else None
-        if costs:
-            mu, sigma = a0.cost_moments(Xc.unsqueeze(1))
-            inc, ld = plan_of(iall)
-            pred = predicted_cost(mu, sigma, inc, ld)
-        else:
-            pred = torch.tensor(
+
+        def cost_terms(Xrows: Tensor, irows: Tensor) -> tuple[Tensor | None, Tensor]:
+            """log E[1/C] (``None`` when cost-blind) and predicted cost of candidate rows."""
+            a0 = acqf(obj, irows)
+            log_inv = a0.log_inverse_cost(Xrows.unsqueeze(1)) if costs and eta > 0 else None
+            if costs:
+                mu, sigma = a0.cost_moments(Xrows.unsqueeze(1))
+                inc, ld = plan_of(irows)
+                return log_inv, predicted_cost(mu, sigma, inc, ld)
+            return log_inv, torch.tensor(
                 [
                     (mean_cost_after(history, pool[int(j)].depth) or 0.0)
                     + pool[int(j)].load_seconds
-                    for j in iall
+                    for j in irows
                 ],
                 dtype=DTYPE,
             )
+
+        log_inv, pred = cost_terms(Xc, iall)
         committed = self._pending_cost(history, pending, costs)
         room = budget.remaining + budget.margin - committed
+        have = {p.pid for p in pool}
+        batch_load = statistics.median(
+            [p.load_seconds for p in pool if p.source == "cache"] or [0.0]
+        )
 
         seen = self._seen(history, pending)
         picks: list[Candidate] = []
@@ -545,8 +556,42 @@ class CostAwareBO(Optimizer):
                 )
             )
             picked_X.append(Xc[chosen])
-            if len(picks) < n:
-                model = fant.with_fantasies(torch.stack(picked_X))
+            if len(picks) == n:
+                break
+            model = fant.with_fantasies(torch.stack(picked_X))
+            if not self.memoize:
+                continue
+            # Same-batch reuse: the pick will be pending as soon as the batch is submitted,
+            # so the prefixes it produces join the pool; their candidates are the best rows
+            # so far with the pick's stages pinned in.
+            top = score.argsort(descending=True)[: self.raw_samples].tolist()
+            new_params: list[Params] = []
+            new_idx: list[int] = []
+            for depth in range(1, k_total):
+                prefix = {s: dict(params_all[chosen][s]) for s in space.stage_names[:depth]}
+                pid = prefix_id(space, prefix, depth)
+                if pid in have:
+                    continue
+                have.add(pid)
+                new_plan = PrefixPlan(depth, prefix, batch_load, pid, "batch")
+                mask, val = self._pins(new_plan)
+                pool.append(new_plan)
+                M, V = torch.cat([M, mask[None]]), torch.cat([V, val[None]])
+                depths = torch.cat([depths, torch.tensor([depth])])
+                loads = torch.cat([loads, torch.tensor([batch_load], dtype=DTYPE)])
+                for i in top:
+                    q = {st: dict(v) for st, v in params_all[i].items()}
+                    q.update({st: dict(v) for st, v in prefix.items()})
+                    new_params.append(q)
+                    new_idx.append(len(pool) - 1)
+            if new_params:
+                Xn = torch.tensor([space.encode(q) for q in new_params], dtype=DTYPE)
+                In = torch.tensor(new_idx)
+                li, pr = cost_terms(Xn, In)
+                params_all += new_params
+                Xc, iall, pred = torch.cat([Xc, Xn]), torch.cat([iall, In]), torch.cat([pred, pr])
+                if log_inv is not None and li is not None:
+                    log_inv = torch.cat([log_inv, li])
         self.last_info = {"eta": eta, "n_prefixes": len(pool), "n_rows": int(Xall.shape[0])}
         return picks
 

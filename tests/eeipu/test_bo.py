@@ -44,18 +44,47 @@ def test_prefix_not_cached_nor_pending_is_never_planned(space: SearchSpace) -> N
     hist = toy_history(space, 15)
     for seed in range(3):
         opt = _opt(space, seed=seed)
-        # Nothing cached, nothing pending: only full runs can be planned.
-        for c in opt.ask(3, hist, budget=BudgetState(1000.0, 10.0, 5.0)):
-            assert c.reuse_depth == 0
+        # Nothing cached, nothing pending: a pick reuses nothing, or a prefix that an
+        # earlier pick of the same batch will produce.
+        picks = opt.ask(3, hist, budget=BudgetState(1000.0, 10.0, 5.0))
+        assert picks[0].reuse_depth == 0
+        for i, c in enumerate(picks):
+            if c.reuse_depth:
+                assert c.info["via"] == "batch"
+                own = prefix_id(space, c.params, c.reuse_depth)
+                assert own in {prefix_id(space, e.params, c.reuse_depth) for e in picks[:i]}
         cached = _cached(space, hist, depths=(2,))[:3]
         pending = [Pending(hist[7].params, 0)]
         allowed = {prefix_id(space, p.params, p.depth) for p in cached} | {
             prefix_id(space, pending[0].params, d) for d in (1, 2)
         }
-        for c in opt.ask(4, hist, pending, cached, BudgetState(1000.0, 10.0, 5.0)):
+        picks = opt.ask(4, hist, pending, cached, BudgetState(1000.0, 10.0, 5.0))
+        for i, c in enumerate(picks):
             if c.reuse_depth:
-                assert prefix_id(space, c.params, c.reuse_depth) in allowed
-                assert c.info["via"] in ("cache", "pending")
+                own = prefix_id(space, c.params, c.reuse_depth)
+                earlier = {prefix_id(space, e.params, c.reuse_depth) for e in picks[:i]}
+                assert own in allowed | earlier
+                assert c.info["via"] in ("cache", "pending", "batch")
+                assert (c.info["via"] == "batch") == (own not in allowed)
+
+
+def test_later_picks_of_a_batch_reuse_earlier_picks_prefixes(space: SearchSpace) -> None:
+    # Stage costs dominated by the first stages: reusing a batch-mate's prefix pays.
+    hist = toy_history(space, 20)
+    opt = make_optimizer("eeipu", space, seed=0, n_warmup=5, eta=1.0)
+    picks = opt.ask(4, hist, budget=BudgetState(1000.0, 10.0, 5.0))
+    assert len(picks) == 4 and picks[0].reuse_depth == 0
+    later = [c for c in picks[1:] if c.info["via"] == "batch"]
+    assert later, [c.info for c in picks]
+    full = sum(hist[0].stage_costs)
+    for c in later:
+        assert c.predicted_cost is not None and c.predicted_cost < full
+    ids = {prefix_id(space, c.params, 3) for c in picks}
+    assert len(ids) == 4
+    # Cost-blind baselines never plan reuse, in a batch either.
+    for name in ("ei", "eipu", "carbo"):
+        base = make_optimizer(name, space, seed=0, n_warmup=5, **FAST)
+        assert all(c.reuse_depth == 0 for c in base.ask(4, hist, budget=BudgetState(1000.0)))
 
 
 def test_reuse_is_planned_when_cheap(space: SearchSpace) -> None:
@@ -147,7 +176,7 @@ def test_prefix_of_another_space_is_ignored(space: SearchSpace) -> None:
     bad = [CachedPrefix(1, {"prep": {"a": 0.5}}, 0.01), CachedPrefix(1, {"other": {}}, 0.01)]
     opt = make_optimizer("eeipu", space, seed=0, n_warmup=5, eta=1.0, **FAST)
     for c in opt.ask(3, hist, (), bad, BudgetState(1000.0)):
-        assert c.reuse_depth == 0
+        assert c.reuse_depth == 0 or c.info["via"] == "batch"
 
 
 def test_log_gap_keeps_order_and_magnitudes() -> None:
