@@ -21,8 +21,8 @@ Batches (``n > 1``) are picked greedily with a kriging believer: pending trials 
 picks are added to the objective GP at their predicted mean, so EI vanishes at them; exact
 duplicates of seen or pending configurations are never proposed. An earlier pick of the
 batch will be pending as soon as the batch is submitted, so (for EEIPU) its prefixes join
-the pool (``via="batch"``) and a later pick may plan to reuse them: the worker that runs it
-waits for its batch-mate to cache the prefix instead of computing it again. A candidate is dropped when
+the pool (``via="batch"``) and a later pick may plan to reuse them: the two workers share
+the stage's compute lock, so the prefix is computed once and the other loads it. A candidate is dropped when
 its predicted cost exceeds what remains of the budget (after the pending trials' predicted
 costs) plus ``budget.margin``.
 """
