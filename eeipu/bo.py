@@ -22,9 +22,9 @@ picks are added to the objective GP at their predicted mean, so EI vanishes at t
 duplicates of seen or pending configurations are never proposed. An earlier pick of the
 batch will be pending as soon as the batch is submitted, so (for EEIPU) its prefixes join
 the pool (``via="batch"``) and a later pick may plan to reuse them: the two workers share
-the stage's compute lock, so the prefix is computed once and the other loads it. A candidate is dropped when
-its predicted cost exceeds what remains of the budget (after the pending trials' predicted
-costs) plus ``budget.margin``.
+the stage's compute lock, so the prefix is computed once and the other loads it. A
+candidate is dropped when its predicted cost exceeds what remains of the budget (after the
+pending trials' predicted costs) plus ``budget.margin``.
 """
 
 from __future__ import annotations
