@@ -135,8 +135,15 @@ def test_killed_worker_trial_is_retried(tmp_path: Path, sqlite_url: str, gate: P
         t = srv.client.get(f"/v1/studies/{st['id']}/trials/{victim['id']}").json()
         assert t["state"] == "COMPLETE" and t["attempts"] == 2
         assert t["failures"][0]["worker"] == victim["worker"] and t["worker"] != victim["worker"]
-        w = srv.client.get("/v1/workers").json()
-        assert w["replaced"] >= 1 and all(p["alive"] for p in w["workers"])
+        # The trial may be handed back (heartbeat reaper) before the supervisor's next poll
+        # replaces the dead worker: wait for the replacement rather than race it.
+        w = _wait(
+            lambda: (lambda w: w if w["replaced"] >= 1 else None)(
+                srv.client.get("/v1/workers").json()
+            ),
+            "the dead worker to be replaced",
+        )
+        assert all(p["alive"] for p in w["workers"])
     finally:
         srv.stop()
 
