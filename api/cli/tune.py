@@ -102,7 +102,10 @@ def run(args: argparse.Namespace) -> int:
 
         def progress(t: TrialResult) -> None:
             assert bar is not None
-            bar.update(t.cost_paid)
+            step = t.cost_paid
+            if bar.total is not None:  # an overshooting last trial fills the bar, no more:
+                step = min(step, max(0.0, bar.total - bar.n))  # tqdm drops a passed total
+            bar.update(step)
             best = "-" if t.best_value is None else f"{t.best_value:.4g}"
             bar.set_postfix(trials=t.number + 1, best=best, reused=t.reused_depth)
 

@@ -36,3 +36,14 @@ def test_tune_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["tune", "synthetic-3stage-flat", "--budget", "-1"]) == 2
     assert "budget" in capsys.readouterr().err
     assert main(["tune", "no-such-pipeline", "--budget", "5"]) == 2
+
+
+def test_progress_bar_survives_an_overshooting_trial(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A flat 3-stage run costs 6-9 s: the first trial of a 2 s budget overshoots it.
+    argv = ["tune", "synthetic-3stage-flat", "--optimizer", "random", "--budget", "2"]
+    argv += ["--max-trials", "3", "--cache", str(tmp_path / "cache"), "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["n_trials"] == 1 and out["overshoot"] > 0
