@@ -44,6 +44,10 @@ class Stage:
             hyperparameter, it receives the run's seed (which is part of the root key).
         space: the stage's hyperparameters.
         version: bump when the stage's code changes; part of the cache key.
+        load_seconds: a DECLARED cost of loading the stage's cached output, charged and
+            offered to the optimizer instead of the measured load time. For stages that
+            declare their compute cost too (``Cost``, benchmarks): the measured load time
+            of a tiny output is millisecond noise that would make runs unrepeatable.
     """
 
     def __init__(
@@ -52,9 +56,13 @@ class Stage:
         fn: Callable[..., Any],
         space: Mapping[str, Param] | None = None,
         version: str = "1",
+        load_seconds: float | None = None,
     ) -> None:
         if not name or "/" in name:
             raise ValueError(f"invalid stage name {name!r}")
+        if load_seconds is not None and not (math.isfinite(load_seconds) and load_seconds >= 0):
+            raise ValueError(f"load_seconds must be a finite number >= 0, got {load_seconds!r}")
+        self.load_seconds = load_seconds
         self.name = name
         self.fn = fn
         self.space: dict[str, Param] = dict(space or {})
@@ -67,6 +75,10 @@ class Stage:
 
     def __repr__(self) -> str:
         return f"Stage({self.name!r}, version={self.version!r}, params={sorted(self.space)})"
+
+    def load_cost(self, measured: float) -> float:
+        """What loading this stage's cached output costs: declared, else ``measured``."""
+        return measured if self.load_seconds is None else self.load_seconds
 
 
 @dataclass
@@ -228,7 +240,7 @@ class Pipeline:
                         key=keys[j - 1],
                         hit=True,
                         cost_seconds=0.0,
-                        load_seconds=hit.load_seconds,
+                        load_seconds=self.stages[j - 1].load_cost(hit.load_seconds),
                         bytes=hit.info.bytes,
                         original_cost_seconds=hit.info.compute_cost,
                     )
@@ -307,7 +319,7 @@ class Pipeline:
                     key,
                     True,
                     0.0,
-                    hit.load_seconds,
+                    stage.load_cost(hit.load_seconds),
                     hit.info.bytes,
                     hit.info.compute_cost,
                 )
@@ -372,7 +384,7 @@ class Pipeline:
                             "depth": d,
                             "params": pp,
                             "key": e.key,
-                            "load_seconds": cache.estimate_load_seconds(e, bw),
+                            "load_seconds": stage.load_cost(cache.estimate_load_seconds(e, bw)),
                             "compute_seconds": total,
                             "bytes": e.bytes,
                         }
@@ -396,12 +408,15 @@ class Pipeline:
         out = []
         for d, key in enumerate(self.keys(p, seed), start=1):
             e = ents.get(key)
+            stage = self.stages[d - 1]
             out.append(
                 {
                     "depth": d,
                     "key": key,
                     "cached": e is not None,
-                    "load_seconds": cache.estimate_load_seconds(e, bw) if e else None,
+                    "load_seconds": stage.load_cost(cache.estimate_load_seconds(e, bw))
+                    if e
+                    else None,
                     "compute_seconds": e.compute_cost if e else None,
                 }
             )

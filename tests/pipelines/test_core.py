@@ -240,3 +240,24 @@ def test_prefix_status_of_one_configuration(cache: StageCache) -> None:
     assert st[1]["load_seconds"] > 0 and st[2]["load_seconds"] is None
     st = p.prefix_status(_with(fit={"lr": 0.02}), cache)
     assert [x["cached"] for x in st] == [True, False, False]
+
+
+def test_declared_load_cost_is_charged_and_offered(cache: StageCache) -> None:
+    def s1(parent: Any, *, x: float) -> Cost:
+        return Cost({"x": x}, seconds=3.0)
+
+    def s2(parent: Any, *, y: float) -> Cost:
+        return Cost({"value": parent["x"] + y}, seconds=1.0)
+
+    space1, space2 = {"x": Float(0, 1)}, {"y": Float(0, 1)}
+    p = Pipeline("d", [Stage("a", s1, space1, load_seconds=0.25), Stage("b", s2, space2)])
+    p.run({"a": {"x": 0.5}, "b": {"y": 0.25}}, cache=cache)
+    r = p.run({"a": {"x": 0.5}, "b": {"y": 0.75}}, cache=cache)
+    assert r.reused_depth == 1 and r.stages[0].load_seconds == 0.25
+    assert r.total_cost_seconds == 1.25
+    [pref] = p.cached_prefixes(cache)
+    assert pref["load_seconds"] == 0.25
+    assert p.prefix_status({"a": {"x": 0.5}, "b": {"y": 0.1}}, cache)[0]["load_seconds"] == 0.25
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="load_seconds"):
+            Stage("a", s1, space1, load_seconds=bad)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -72,3 +73,22 @@ def test_declared_costs_vary_strongly_and_flat_ones_do_not() -> None:
     assert len(get_pipeline("synthetic-10stage-flat").stages) == 10
     with pytest.raises(ValueError, match="costs must be"):
         synthetic_pipeline(3, costs="raw")
+
+
+def test_memoizing_runs_repeat_exactly_for_a_seed(tmp_path: Any) -> None:
+    """Loading a cached synthetic output has a declared cost, so an EEIPU run (which is
+    charged, and plans with, load costs) repeats trial for trial."""
+    from api.tuning import tune
+    from cache import open_cache
+    from eeipu import make_optimizer
+
+    p = get_pipeline("synthetic-3stage")
+    runs = []
+    for i in range(2):
+        opt = make_optimizer(
+            "eeipu", p.space, seed=5, n_warmup=4, raw_samples=16, maxiter=5, eta=1.0
+        )
+        res = tune(p, opt, 5000.0, cache=open_cache(str(tmp_path / f"c{i}")), max_trials=12)
+        runs.append([(t.params, t.reused_depth, t.cost_paid) for t in res.trials])
+    assert runs[0] == runs[1]
+    assert any(depth > 0 for _, depth, _ in runs[0])
