@@ -187,3 +187,28 @@ def test_log_gap_keeps_order_and_magnitudes() -> None:
     z = log_gap(torch.tensor([-1.0, -2.0, -1000.0, -3.0], dtype=torch.float64))
     assert z[0] == 0.0 and z[0] > z[1] > z[3] > z[2]
     assert float(z[1] - z[3]) < float(z[3] - z[2])
+
+
+def test_cost_gps_have_one_kernel_term_per_parameter(space: SearchSpace) -> None:
+    from gpytorch.kernels import AdditiveKernel
+
+    opt = _opt(space, "eipu")
+    # Columns relative to each stage's slice; a categorical's one-hot columns stay together.
+    assert opt._param_groups("prep") == [[0], [1]]
+    assert opt._param_groups("fit") == [[0, 1], [2]]
+    assert opt._param_groups("score") is None  # one parameter: a plain RBF kernel
+    assert opt._param_groups(None) == [[0], [1], [2, 3], [4], [5]]
+    models = opt._cost_models(toy_history(space, 12))
+    kern = models[0][0].model.covar_module  # type: ignore[union-attr]
+    assert isinstance(kern, AdditiveKernel) and len(kern.kernels) == 3  # a, n, and both
+    rbf = _opt(space, "eipu")
+    rbf.cost_kernel = "rbf"
+    assert rbf._param_groups("prep") is None
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"cost_mean": "cubic"}, {"cost_kernel": "matern"}, {"warp": "exp"}]
+)
+def test_unknown_model_options_are_rejected(space: SearchSpace, kwargs: dict) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        make_optimizer("eeipu", space, **kwargs)

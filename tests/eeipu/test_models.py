@@ -60,3 +60,65 @@ def test_fast_kernel_matches_gpytorch() -> None:
         ref = k(X[:4], X).to_dense()
         assert torch.allclose(kernel_matrix(k, X[:4], X), ref, atol=1e-10)
         assert torch.allclose(kernel_matrix(k, X[:4], X[:4], diag=True), ref[:, :4].diagonal())
+
+
+def test_linear_trend_recovers_a_plane() -> None:
+    from eeipu.models import linear_trend
+
+    X, _ = _data(30)
+    y = 3.0 + 2.0 * X[:, 0] - X[:, 1]
+    beta = linear_trend(X, y.reshape(-1, 1), ridge=1e-9)
+    assert torch.allclose(beta, torch.tensor([2.0, -1.0, 0.0, 3.0], dtype=DTYPE), atol=1e-5)
+
+
+def test_linear_mean_extrapolates_a_rising_log_cost_to_an_unexplored_edge() -> None:
+    # Log cost rises with x0 and wiggles in x1; only x0 <= 0.6 has been tried. A constant
+    # prior mean reverts towards the average cost at x0 = 1 (an expensive edge looks
+    # cheap); the linear trend carries the rise on.
+    g = torch.Generator().manual_seed(1)
+    X = torch.rand(40, 2, generator=g, dtype=DTYPE) * torch.tensor([0.6, 1.0], dtype=DTYPE)
+
+    def log_cost(x: torch.Tensor) -> torch.Tensor:
+        return 8.0 * x[:, 0] + 0.3 * torch.sin(12 * x[:, 1])
+
+    edge = torch.tensor([[1.0, 0.2], [1.0, 0.8]], dtype=DTYPE)
+    err = {}
+    for mean in ("constant", "linear"):
+        gp = fit_surrogate(X, log_cost(X), mean=mean)
+        m, s = gp.predict(edge)
+        err[mean] = float((m.detach() - log_cost(edge)).abs().max())
+        assert bool((s > 0).all())
+        assert torch.allclose(gp.predict(X[:3])[0], log_cost(X[:3]), atol=0.1)
+    assert err["linear"] < 1.0 < err["constant"]
+
+
+def test_refit_escapes_a_collapsed_warm_start() -> None:
+    # A warm start whose kernel has collapsed (tiny scale, all noise) gets no gradient to
+    # recover; the refit also starts from the defaults and keeps the better fit.
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    X, y = _data(40)
+    groups = [[0], [1, 2]]
+    good = fit_surrogate(X, y, groups=groups)
+    assert good.state.hypers is not None
+    bad = {k: list(v) for k, v in good.state.hypers.items()}
+    for k in bad:
+        if k.endswith("raw_outputscale"):
+            bad[k] = [-12.0]
+        if k.endswith("raw_noise"):
+            bad[k] = [0.9]
+    refit = fit_surrogate(X, y, FitState(n_fit=1, hypers=bad), groups=groups)
+
+    def mll(gp: object) -> float:
+        model = gp.model  # type: ignore[attr-defined]
+        model.train()
+        with torch.no_grad():
+            out = ExactMarginalLogLikelihood(model.likelihood, model)(
+                model(*model.train_inputs), model.train_targets
+            )
+        model.eval()
+        return float(out)
+
+    assert mll(refit) >= mll(good) - 1e-3
+    m, _ = refit.predict(X[:5])
+    assert torch.allclose(m, y[:5], atol=0.2)
