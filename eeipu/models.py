@@ -338,6 +338,8 @@ def fit_surrogate(
     A refit starts from the previous hyperparameters AND from the defaults and keeps the
     fit with the higher marginal likelihood.
     """
+    if mean not in ("constant", "linear"):
+        raise ValueError(f"mean must be 'constant' or 'linear', got {mean!r}")
     state = state or FitState()
     y = y.to(DTYPE).reshape(-1)
     n = int(y.shape[0])
@@ -352,16 +354,14 @@ def fit_surrogate(
     need = state.hypers is None or n >= state.n_fit + max(
         1, math.ceil(refit_fraction * state.n_fit)
     )
-    if mean not in ("constant", "linear"):
-        raise ValueError(f"mean must be 'constant' or 'linear', got {mean!r}")
-    model = _build(X, Y, state.hypers, groups, mean)
+    trend = linear_trend(X, Y) if need and mean == "linear" else None
+    model = _build(X, Y, state.hypers, groups, mean, trend)
     if need:
-        trend = linear_trend(X, Y) if mean == "linear" else None
-        model = _build(X, Y, state.hypers, groups, mean, trend)
         # Two starts: the previous fit (cheap to refine) and the default initialisation.
         # A warm start alone is path-dependent: once a kernel term's scale has collapsed
         # its gradient vanishes and it never comes back, so the GP can stay stuck with a
-        # stage switched off (seen on synthetic-3stage: EI then chased the cube's corners).
+        # stage switched off (seen on synthetic-3stage, where it then picked a 2,049 s
+        # candidate and a fresh fit a 5 s one).
         starts = (
             [model] if state.hypers is None else [model, _build(X, Y, None, groups, mean, trend)]
         )
