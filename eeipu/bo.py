@@ -157,6 +157,8 @@ class CostAwareBO(Optimizer):
             bought EEIPU 9% more trials (109 against 99.6) but a worse mean final best (1.55
             against 2.15); a uniform warm-up spends up to 45% of the budget on a few 2,000 s
             Branin corners, yet what it learns there is what the cost-aware phase needs.
+        objective_noise: the objective GP's noise variance (standardised, warped units),
+            fixed; ``None`` (default): learnt by marginal likelihood.
         warmup_probe: uniform warm-up trials before ``"cheap"`` uses the cost GPs.
         warmup_candidates: uniform draws scored per ``"cheap"`` warm-up trial.
         cost_mean: prior mean of the log-cost GPs: ``"linear"`` (default), a least-squares
@@ -198,6 +200,7 @@ class CostAwareBO(Optimizer):
         cost_mean: str = "linear",
         cost_kernel: str = "additive",
         warmup: str | None = None,
+        objective_noise: float | None = None,
         warmup_probe: int = 3,
         warmup_candidates: int = 128,
     ) -> None:
@@ -231,6 +234,9 @@ class CostAwareBO(Optimizer):
             raise ValueError(f"warmup_probe must be >= 2, got {warmup_probe}")
         if warmup_candidates < 1:
             raise ValueError(f"warmup_candidates must be >= 1, got {warmup_candidates}")
+        if objective_noise is not None and not 1e-4 <= objective_noise <= 1.0:
+            raise ValueError(f"objective_noise must be in [1e-4, 1], got {objective_noise!r}")
+        self.objective_noise = objective_noise
         self.warmup_probe = warmup_probe
         self.warmup_candidates = warmup_candidates
         self._fits: dict[str, FitState] = {}
@@ -395,6 +401,7 @@ class CostAwareBO(Optimizer):
         additive: bool = False,
         mean: str = "constant",
         groups: list[list[int]] | None = None,
+        noise: float | None = None,
     ) -> SurrogateGP:
         if additive and len(self.space.stage_names) > 1:
             groups = [
@@ -409,6 +416,7 @@ class CostAwareBO(Optimizer):
             refit_fraction=self.refit_fraction,
             groups=groups,
             mean=mean,
+            noise=noise,
         )
         self._fits[name] = gp.state
         return gp
@@ -552,6 +560,7 @@ class CostAwareBO(Optimizer):
             X,
             copula(y) if self.warp == "copula" else log_gap(y) if self.warp == "log" else y,
             additive=self.kernel == "stage-additive",
+            noise=self.objective_noise,
         )
         costs = self._cost_models(history)
         eta = self._eta(history, budget) if costs else 0.0

@@ -260,6 +260,7 @@ def _build(
     groups: Sequence[Sequence[int]] | None = None,
     mean: str = "constant",
     trend: Tensor | None = None,
+    noise: float | None = None,
 ) -> SingleTaskGP:
     covar: Kernel | None = _stage_additive_kernel(X.shape[-1], groups) if groups else None
     mean_module = None
@@ -285,6 +286,10 @@ def _build(
             for name, p in model.named_parameters():
                 if name in hypers and len(hypers[name]) == p.numel():
                     p.copy_(torch.tensor(hypers[name], dtype=p.dtype).reshape(p.shape))
+    if noise is not None:  # a deterministic target: the noise is set, not learnt
+        with torch.no_grad():
+            model.likelihood.noise = torch.tensor(noise, dtype=DTYPE)
+        model.likelihood.noise_covar.raw_noise.requires_grad_(False)
     if isinstance(model.mean_module, LinearMean):
         with torch.no_grad():
             if trend is not None:
@@ -323,6 +328,7 @@ def fit_surrogate(
     maxiter: int = 75,
     groups: Sequence[Sequence[int]] | None = None,
     mean: str = "constant",
+    noise: float | None = None,
 ) -> SurrogateGP:
     """Fit (or refresh) a GP on ``X`` (``n x d``) and targets ``y`` (``n``).
 
@@ -335,6 +341,7 @@ def fit_surrogate(
     far the objective decomposes over stages (what makes a cached prefix worth extending).
 
     ``mean``: ``"constant"`` or ``"linear"`` (a least-squares trend, see ``linear_trend``).
+    ``noise``: the observation noise variance (standardised units), fixed; ``None``: learnt.
     A refit starts from the previous hyperparameters AND from the defaults and keeps the
     fit with the higher marginal likelihood.
     """
@@ -355,7 +362,7 @@ def fit_surrogate(
         1, math.ceil(refit_fraction * state.n_fit)
     )
     trend = linear_trend(X, Y) if need and mean == "linear" else None
-    model = _build(X, Y, state.hypers, groups, mean, trend)
+    model = _build(X, Y, state.hypers, groups, mean, trend, noise)
     if need:
         # Two starts: the previous fit (cheap to refine) and the default initialisation.
         # A warm start alone is path-dependent: once a kernel term's scale has collapsed
@@ -363,12 +370,14 @@ def fit_surrogate(
         # stage switched off (seen on synthetic-3stage, where it then picked a 2,049 s
         # candidate and a fresh fit a 5 s one).
         starts = (
-            [model] if state.hypers is None else [model, _build(X, Y, None, groups, mean, trend)]
+            [model]
+            if state.hypers is None
+            else [model, _build(X, Y, None, groups, mean, trend, noise)]
         )
         fitted = [(_fit_mll(m, maxiter), m) for m in starts]
         best_mll, model = max(fitted, key=lambda t: t[0])
         if not math.isfinite(best_mll):  # every fit failed: keep the previous hyperparameters
-            model = _build(X, Y, state.hypers, groups, mean, trend)
+            model = _build(X, Y, state.hypers, groups, mean, trend, noise)
         state = FitState(
             n_fit=n,
             hypers={k: p.detach().reshape(-1).tolist() for k, p in model.named_parameters()},

@@ -208,7 +208,13 @@ def test_cost_gps_have_one_kernel_term_per_parameter(space: SearchSpace) -> None
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"cost_mean": "cubic"}, {"cost_kernel": "matern"}, {"warp": "exp"}, {"warmup": "sobol"}],
+    [
+        {"cost_mean": "cubic"},
+        {"cost_kernel": "matern"},
+        {"warp": "exp"},
+        {"warmup": "sobol"},
+        {"objective_noise": 0.0},
+    ],
 )
 def test_unknown_model_options_are_rejected(space: SearchSpace, kwargs: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):

@@ -122,3 +122,16 @@ def test_refit_escapes_a_collapsed_warm_start() -> None:
     assert mll(refit) >= mll(good) - 1e-3
     m, _ = refit.predict(X[:5])
     assert torch.allclose(m, y[:5], atol=0.2)
+
+
+def test_fixed_noise_is_kept_through_refits_and_interpolates() -> None:
+    X, y = _data(33)
+    y = y + 0.05 * torch.cos(40 * X[:, 0])  # small, fast detail a learnt noise absorbs
+    gp = fit_surrogate(X[:30], y[:30], noise=1e-4)
+    assert gp.model is not None
+    assert abs(float(gp.model.likelihood.noise) - 1e-4) < 1e-9
+    again = fit_surrogate(X, y, gp.state, noise=1e-4)  # refit: 3 new points >= 10% of 30
+    assert again.state.n_fit == 33 and again.model is not None
+    assert abs(float(again.model.likelihood.noise) - 1e-4) < 1e-9
+    m, _ = again.predict(X)
+    assert float((m - y).abs().max()) < 0.02  # the detail is interpolated, not smoothed
