@@ -380,6 +380,10 @@ def run_benchmark(
     """
     from pipelines import get_pipeline
 
+    for p in pipelines:  # bad options fail here, before any run starts
+        space = get_pipeline(p).space
+        for o in optimizers:
+            _make(o, space, "maximize", 0, n_warmup, gp_kwargs)
     out_dir.mkdir(parents=True, exist_ok=True)
     budgets = {
         p: budget if budget is not None else default_budget(get_pipeline(p)) for p in pipelines

@@ -41,7 +41,13 @@ def optimizer_names() -> list[str]:
 def make_optimizer(
     name: str, space: SearchSpace, direction: str = "maximize", seed: int = 0, **kwargs: Any
 ) -> Optimizer:
-    """Build an optimizer by name; ``ValueError`` for an unknown name."""
+    """Build an optimizer by name; ``ValueError`` for an unknown name or option."""
     if name not in _OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {optimizer_names()}")
-    return _OPTIMIZERS[name](space, direction=direction, seed=seed, **kwargs)
+    try:
+        return _OPTIMIZERS[name](space, direction=direction, seed=seed, **kwargs)
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        bad = str(e).split("unexpected keyword argument")[-1].strip()
+        raise ValueError(f"optimizer {name!r} has no option {bad}") from None

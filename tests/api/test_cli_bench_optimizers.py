@@ -33,6 +33,27 @@ def test_bench_optimizers_rejects_unknown_optimizer(tmp_path: Path) -> None:
     assert main(argv) == 2
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ('{"foo": 1}', "has no option 'foo'"),
+        ('{"warmup": "sobol"}', "warmup must be"),
+        ('{"objective_noise": -1}', "objective_noise must be"),
+        ("[1]", "must be a JSON object"),
+    ],
+)
+def test_bench_optimizers_rejects_bad_gp_options_before_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: str, message: str
+) -> None:
+    out = tmp_path / "report"
+    argv = ["bench", "optimizers", "--pipeline", "synthetic-3stage", "--seeds", "1"]
+    argv += ["--optimizers", "random,eeipu", "--no-tpe", "--out", str(out)]
+    assert main([*argv, "--gp-options", options]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (out / "runs.jsonl").exists()  # nothing ran
+
+
 def test_bench_optimizers_resume_keeps_finished_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -214,6 +214,7 @@ def test_cost_gps_have_one_kernel_term_per_parameter(space: SearchSpace) -> None
         {"warp": "exp"},
         {"warmup": "sobol"},
         {"objective_noise": 0.0},
+        {"foo": 1},
     ],
 )
 def test_unknown_model_options_are_rejected(space: SearchSpace, kwargs: dict) -> None:
