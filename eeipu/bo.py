@@ -300,9 +300,8 @@ class CostAwareBO(Optimizer):
 
         With ``memo_warmup``, a memoizing optimizer makes the second half of its warm-up
         cheap: each of those trials reuses a random cached prefix and draws the later stages
-        afresh. With ``warmup="cheap"``, see ``_cheap_warmup`` (uniform draws
-        when its cost GPs fail). Otherwise the warm-up is the
-        same draws as every baseline's for that seed.
+        afresh. With ``warmup="cheap"``, see ``_cheap_warmup`` (uniform draws when its cost
+        GPs fail). Otherwise the warm-up is the same draws as every baseline's for that seed.
         """
         seen = self._seen(history, pending)
         k = len(self.space.stage_names)
