@@ -290,6 +290,10 @@ def _build(
         with torch.no_grad():
             model.likelihood.noise = torch.tensor(noise, dtype=DTYPE)
         model.likelihood.noise_covar.raw_noise.requires_grad_(False)
+    if mean == "worst":
+        with torch.no_grad():
+            model.mean_module.constant.fill_(float(Y.min()))
+        model.mean_module.raw_constant.requires_grad_(False)
     if isinstance(model.mean_module, LinearMean):
         with torch.no_grad():
             if trend is not None:
@@ -340,13 +344,16 @@ def fit_surrogate(
     per stage plus one over all columns, each with its own scale, so the GP can learn how
     far the objective decomposes over stages (what makes a cached prefix worth extending).
 
-    ``mean``: ``"constant"`` or ``"linear"`` (a least-squares trend, see ``linear_trend``).
+    ``mean``: ``"constant"`` (learnt), ``"linear"`` (a least-squares trend, see
+    ``linear_trend``) or ``"worst"``: the constant is fixed at the lowest target, so far
+    from the data the GP predicts the worst seen value (De Ath et al. 2020: a pessimistic
+    mean curbs EI's pull towards unexplored corners).
     ``noise``: the observation noise variance (standardised units), fixed; ``None``: learnt.
     A refit starts from the previous hyperparameters AND from the defaults and keeps the
     fit with the higher marginal likelihood.
     """
-    if mean not in ("constant", "linear"):
-        raise ValueError(f"mean must be 'constant' or 'linear', got {mean!r}")
+    if mean not in ("constant", "linear", "worst"):
+        raise ValueError(f"mean must be 'constant', 'linear' or 'worst', got {mean!r}")
     state = state or FitState()
     y = y.to(DTYPE).reshape(-1)
     n = int(y.shape[0])

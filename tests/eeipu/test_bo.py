@@ -214,6 +214,7 @@ def test_cost_gps_have_one_kernel_term_per_parameter(space: SearchSpace) -> None
         {"warp": "exp"},
         {"warmup": "sobol"},
         {"objective_noise": 0.0},
+        {"objective_mean": "best"},
         {"foo": 1},
     ],
 )
@@ -274,3 +275,38 @@ def test_cheap_warmup_respects_the_budget(space: SearchSpace) -> None:
     cands = opt.ask(5, hist, budget=budget)
     assert sum(c.predicted_cost or 0.0 for c in cands) <= 8.0
     assert opt.ask(2, hist, budget=BudgetState(100.0, 100.0)) == []
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_block_moves_change_one_free_stage_of_a_best_configuration(
+    space: SearchSpace, depth: int
+) -> None:
+    import torch
+
+    opt = make_optimizer("eeipu", space, block_moves=True, **FAST)
+    assert isinstance(opt, EEIPU)
+    n, d = 64, space.dims
+    sobol = torch.rand(n, d, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    local = torch.rand(3, d, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    slices = [space.stage_slices[s] for s in space.stage_names]
+    free = [sl for sl in slices[depth:] if sl.stop > sl.start]
+    rows = opt._raw_rows(sobol, local, free, torch.Generator().manual_seed(3))
+    assert rows.shape == (n, d)
+    assert torch.equal(rows[: n // 4], sobol[: n // 4])
+    assert bool(((rows >= 0) & (rows <= 1)).all())
+    changed_stages = set()
+    for row in rows[n // 4 + n // 8 :]:  # one-stage moves: local, then redrawn
+        near = [
+            [i for i, sl in enumerate(slices) if not torch.equal(row[sl], a[sl])] for a in local
+        ]
+        diff = min(near, key=len)
+        assert len(diff) == 1, diff  # exactly one stage differs from its anchor...
+        assert slices[diff[0]] in free  # ...and it is one the prefix leaves free
+        changed_stages.add(diff[0])
+    assert changed_stages == {slices.index(sl) for sl in free}
+    # Without block moves: three quarters Sobol, a quarter perturbed best configurations.
+    plain = make_optimizer("eeipu", space, **FAST)
+    assert isinstance(plain, EEIPU)
+    rows = plain._raw_rows(sobol, local, free, torch.Generator().manual_seed(3))
+    assert torch.equal(rows[: n - n // 4], sobol[: n - n // 4])
+    assert not torch.equal(rows[n - n // 4 :], local[torch.arange(n // 4) % 3])

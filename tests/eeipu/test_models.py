@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from eeipu.models import DTYPE, FitState, fit_surrogate
@@ -135,3 +136,21 @@ def test_fixed_noise_is_kept_through_refits_and_interpolates() -> None:
     assert abs(float(again.model.likelihood.noise) - 1e-4) < 1e-9
     m, _ = again.predict(X)
     assert float((m - y).abs().max()) < 0.02  # the detail is interpolated, not smoothed
+
+
+def test_worst_mean_predicts_the_worst_value_far_from_the_data() -> None:
+    X, y = _data(33)
+    far = torch.full((1, X.shape[1]), 40.0, dtype=DTYPE)
+    learnt = fit_surrogate(X[:30], y[:30])
+    gp = fit_surrogate(X[:30], y[:30], mean="worst")
+    assert gp.model is not None
+    m, _ = gp.predict(far)
+    assert abs(float(m[0]) - float(y[:30].min())) < 1e-6
+    m_learnt, _ = learnt.predict(far)
+    assert float(m_learnt[0]) > float(m[0]) + 0.1  # a learnt mean sits nearer the average
+    again = fit_surrogate(X, y, gp.state, mean="worst")  # refit, and the data's worst moved
+    m, _ = again.predict(far)
+    assert again.state.n_fit == 33
+    assert abs(float(m[0]) - float(y.min())) < 1e-6
+    with pytest.raises(ValueError, match="mean"):
+        fit_surrogate(X, y, mean="best")
