@@ -252,6 +252,8 @@ class CostAwareBO(Optimizer):
         self.objective_noise = objective_noise
         self.warmup_probe = warmup_probe
         self.warmup_candidates = warmup_candidates
+        if not isinstance(block_moves, bool):
+            raise ValueError(f"block_moves must be true or false, got {block_moves!r}")
         self.block_moves = block_moves
         if objective_mean not in ("constant", "worst"):
             raise ValueError(

@@ -215,6 +215,7 @@ def test_cost_gps_have_one_kernel_term_per_parameter(space: SearchSpace) -> None
         {"warmup": "sobol"},
         {"objective_noise": 0.0},
         {"objective_mean": "best"},
+        {"block_moves": "yes"},
         {"foo": 1},
     ],
 )
