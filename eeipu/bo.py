@@ -94,12 +94,36 @@ def copula(y: Tensor) -> Tensor:
     return torch.special.ndtri((ranks + 0.5) / n)
 
 
-def log_gap(y: Tensor) -> Tensor:
-    """``-log(1 + (max(y) - y) / s)``, ``s`` the median gap: tames heavy tails like the
-    copula but keeps magnitudes (how much better one configuration is than another)."""
+def log_gap(y: Tensor, q: float = 0.5) -> Tensor:
+    """``-log(1 + (max(y) - y) / s)``, ``s`` the ``q``-quantile of the gaps (the median by
+    default): tames heavy tails like the copula but keeps magnitudes (how much better one
+    configuration is than another). Gaps below ``s`` stay nearly linear, so a small ``q``
+    resolves the differences among the best configurations."""
     gap = y.max() - y
-    s = gap.median().clamp_min(1e-12)
+    s = torch.quantile(gap, q).clamp_min(1e-12)
     return -torch.log1p(gap / s)
+
+
+def clipped_gap(y: Tensor, q: float = 0.5, floor: float = 0.0) -> Tensor:
+    """``-min(max(y) - y, s)``: raw (so additive over stages) among the best configurations,
+    one plateau for every worse one.
+
+    ``s`` is the ``q``-quantile of the gaps, but at least ``floor``. Without a floor the
+    quantile collapses once most trials refine the incumbent, and the plateau then hides
+    every way out of its basin; the engine's floor is the gap of the best warm-up trial.
+    """
+    gap = y.max() - y
+    s = torch.quantile(gap, q).clamp_min(max(float(floor), 1e-12))
+    return -gap.clamp_max(s)
+
+
+def linlog_gap(y: Tensor, q: float = 0.5) -> Tensor:
+    """``-gap`` for gaps up to ``s`` (the ``q``-quantile of the gaps), ``-s (1 + log(gap /
+    s))`` beyond: raw, hence additive over stages, among the best configurations, and
+    logarithmic in the heavy tail, which still shows the way out of a poor basin."""
+    gap = y.max() - y
+    s = torch.quantile(gap, q).clamp_min(1e-12)
+    return -torch.where(gap <= s, gap, s * (1 + torch.log(gap.clamp_min(s) / s)))
 
 
 @contextlib.contextmanager
@@ -141,12 +165,21 @@ class CostAwareBO(Optimizer):
             bought ~3% more trials but a worse final objective (8 seeds; less diversity in the
             early stages), and it makes "gain after warm-up" incomparable with the baselines,
             whose warm-up is then no longer the same.
-        warp: how the objective is modelled. ``"log"`` (default):
-            ``-log(1 + gap to the best / median gap)``, robust to heavy tails (the synthetic
-            objectives span five orders of magnitude) yet magnitude-preserving, which the
-            choice between extending a cached prefix and a full run needs; ``"copula"``:
-            normal scores of the ranks (loses magnitudes: with it EEIPU kept extending a poor
-            prefix in some seeds); ``"none"``: raw values.
+        warp: how the objective is modelled. ``"clip"`` (default): ``-min(gap to the best,
+            s)``, ``s`` the ``warp_quantile`` of the gaps (the median) but at least the gap of
+            the best warm-up trial (``clip_floor``): raw differences, so additive over stages,
+            among the better configurations, one plateau below. On synthetic-3stage (10
+            seeds) it took EEIPU's mean final best from 2.09 to 3.2 (the optimum is 3.46)
+            and its trials from 94 to about 300: under ``"log"`` the better half of the
+            trials shared a band narrower than the learnt noise, the Hartmann-3 kernel term
+            was switched off, and EI went to the 2,000 s corners of the last stage. Without
+            the floor the median gap collapsed once most trials refined the incumbent and
+            two seeds of ten stayed in a poor Beale basin. ``"log"``: ``-log(1 + gap / s)``
+            (``s`` the same quantile), robust to heavy tails but not additive; ``"linlog"``:
+            raw up to ``s``, logarithmic beyond; ``"copula"``: normal scores of the ranks;
+            ``"none"``: raw values.
+        warp_quantile: the quantile of the gaps to the best that sets ``s`` (in (0, 1)).
+        clip_floor: with ``"clip"``, ``s`` is at least the gap of the best warm-up trial.
         warmup: how the warm-up trials are drawn. ``"random"`` (default): uniformly by the
             declared space, the same draws as every baseline's for that seed. ``"cheap"``
             (the published method's "random draws, preferring cheap and diverse ones"): the
@@ -205,7 +238,7 @@ class CostAwareBO(Optimizer):
         refit_fraction: float = 0.1,
         torch_threads: int | None = 1,
         eta: float | None = None,
-        warp: str = "log",
+        warp: str = "clip",
         kernel: str = "stage-additive",
         memo_warmup: bool = False,
         cost_mean: str = "linear",
@@ -216,6 +249,8 @@ class CostAwareBO(Optimizer):
         warmup_candidates: int = 128,
         block_moves: bool = False,
         objective_mean: str = "constant",
+        warp_quantile: float = 0.5,
+        clip_floor: bool = True,
     ) -> None:
         super().__init__(space, direction=direction, seed=seed, n_warmup=n_warmup)
         self.mc_samples = mc_samples
@@ -226,8 +261,10 @@ class CostAwareBO(Optimizer):
         self.refit_fraction = refit_fraction
         self.torch_threads = torch_threads
         self.fixed_eta = eta
-        if warp not in ("copula", "log", "none"):
-            raise ValueError(f"warp must be 'copula', 'log' or 'none', got {warp!r}")
+        if warp not in ("clip", "copula", "linlog", "log", "none"):
+            raise ValueError(
+                f"warp must be 'clip', 'copula', 'linlog', 'log' or 'none', got {warp!r}"
+            )
         self.warp = warp
         if kernel not in ("rbf", "stage-additive"):
             raise ValueError(f"kernel must be 'rbf' or 'stage-additive', got {kernel!r}")
@@ -260,6 +297,12 @@ class CostAwareBO(Optimizer):
                 f"objective_mean must be 'constant' or 'worst', got {objective_mean!r}"
             )
         self.objective_mean = objective_mean
+        if not isinstance(warp_quantile, (int, float)) or not 0.0 < warp_quantile < 1.0:
+            raise ValueError(f"warp_quantile must be in (0, 1), got {warp_quantile!r}")
+        self.warp_quantile = float(warp_quantile)
+        if not isinstance(clip_floor, bool):
+            raise ValueError(f"clip_floor must be true or false, got {clip_floor!r}")
+        self.clip_floor = clip_floor
         self._fits: dict[str, FitState] = {}
         self.last_info: dict[str, Any] = {}
 
@@ -611,6 +654,20 @@ class CostAwareBO(Optimizer):
             )
         return cooling_eta(budget.total, budget.spent, warm)
 
+    def _warped(self, y: Tensor) -> Tensor:
+        """The objective GP's targets (``n``) from the signed values ``y`` (``n``)."""
+        if self.warp == "copula":
+            return copula(y)
+        if self.warp == "log":
+            return log_gap(y, self.warp_quantile)
+        if self.warp == "clip":
+            warm = y[: max(1, self.n_warmup)]
+            floor = float(y.max() - warm.max()) if self.clip_floor else 0.0
+            return clipped_gap(y, self.warp_quantile, floor)
+        if self.warp == "linlog":
+            return linlog_gap(y, self.warp_quantile)
+        return y
+
     def _model_ask(
         self,
         n: int,
@@ -628,7 +685,7 @@ class CostAwareBO(Optimizer):
         obj = self._fit(
             "objective",
             X,
-            copula(y) if self.warp == "copula" else log_gap(y) if self.warp == "log" else y,
+            self._warped(y),
             additive=self.kernel == "stage-additive",
             noise=self.objective_noise,
             mean=self.objective_mean,

@@ -189,6 +189,37 @@ def test_log_gap_keeps_order_and_magnitudes() -> None:
     assert float(z[1] - z[3]) < float(z[3] - z[2])
 
 
+def test_clipped_and_linlog_gaps_are_raw_among_the_best() -> None:
+    import torch
+
+    from eeipu.bo import clipped_gap, linlog_gap
+
+    y = torch.tensor([0.0, -1.0, -2.0, -3.0, -100.0, -1e5], dtype=torch.float64)
+    # The 0.5-quantile of the gaps (0, 1, 2, 3, 100, 1e5) is 2.5.
+    c = clipped_gap(y, 0.5)
+    assert c[:3].tolist() == [0.0, -1.0, -2.0]  # raw differences: additive over stages
+    assert c[3:].tolist() == [-2.5, -2.5, -2.5]  # one plateau for the worse half
+    g = linlog_gap(y, 0.5)
+    assert g[:3].tolist() == [0.0, -1.0, -2.0]
+    assert g[2] > g[3] > g[4] > g[5]  # the tail keeps its order...
+    assert float(g[4] - g[5]) < 100 * float(g[2] - g[3])  # ...but logarithmically
+    assert clipped_gap(y, 0.2)[2] == clipped_gap(y, 0.2)[5]  # a smaller quantile clips more
+    assert clipped_gap(y, 0.5, floor=100.0)[4] == -100.0  # the floor widens the raw region
+
+
+def test_clip_floor_keeps_the_best_warmup_trial_unclipped(space: SearchSpace) -> None:
+    import torch
+
+    # Warm-up trials -50..-10, then 30 refinements crowding the incumbent at 0: the median
+    # gap collapses to ~0, the floor keeps every trial up to the best warm-up one raw.
+    y = torch.tensor([-50.0, -40.0, -30.0, -20.0, -10.0] + [-1e-3 * i for i in range(30)])
+    opt = make_optimizer("eeipu", space, seed=0, n_warmup=5)
+    z = opt._warped(y.to(torch.float64))  # type: ignore[attr-defined]
+    assert float(z[4]) == -10.0 and float(z[0]) == -10.0  # floor 10: -10 raw, worse clipped
+    off = make_optimizer("eeipu", space, seed=0, n_warmup=5, clip_floor=False)
+    assert float(off._warped(y.to(torch.float64))[4]) > -0.1  # type: ignore[attr-defined]
+
+
 def test_cost_gps_have_one_kernel_term_per_parameter(space: SearchSpace) -> None:
     from gpytorch.kernels import AdditiveKernel
 
@@ -216,6 +247,9 @@ def test_cost_gps_have_one_kernel_term_per_parameter(space: SearchSpace) -> None
         {"objective_noise": 0.0},
         {"objective_mean": "best"},
         {"block_moves": "yes"},
+        {"warp_quantile": 1.0},
+        {"warp_quantile": "half"},
+        {"clip_floor": "yes"},
         {"foo": 1},
     ],
 )
