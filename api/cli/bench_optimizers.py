@@ -43,8 +43,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--max-trials",
         type=int,
-        default=300,
-        help="cap every run at this many trials (default 300; 0: no cap). With the paper's "
+        default=600,
+        help="cap every run at this many trials (default 600; 0: no cap). With the paper's "
         "costs, deep cached prefixes make trials so cheap that an uncapped run can reach "
         "thousands of trials; capped runs are reported, and counts compared at equal spend",
     )

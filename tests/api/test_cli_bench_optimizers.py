@@ -86,7 +86,7 @@ def test_bench_optimizers_max_trials_caps_every_run(
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["pipelines"]["synthetic-3stage"]["optimizers"]["random"]["n_trials"]["mean"] == 5
     assert main([*argv[:-2], "--max-trials", "-1", "--out", str(out)]) == 2
-    # 0 lifts the cap (the default is 300).
+    # 0 lifts the cap (the default is 600).
     assert main([*argv[:-4], "--max-trials", "0", "--out", str(out / "nocap"), "--json"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["max_trials"] is None
