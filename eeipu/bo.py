@@ -174,8 +174,9 @@ class CostAwareBO(Optimizer):
             trials shared a band narrower than the learnt noise, the Hartmann-3 kernel term
             was switched off, and EI went to the 2,000 s corners of the last stage. Without
             the floor the median gap collapsed once most trials refined the incumbent and
-            two seeds of ten stayed in a poor basin (2.51 over the ten). ``"log"``: ``-log(1 + gap / s)``
-            (``s`` the same quantile), robust to heavy tails but not additive; ``"linlog"``:
+            two seeds of ten stayed in a poor basin (2.51 over the ten). ``"log"``:
+            ``-log(1 + gap / s)`` (``s`` the same quantile), robust to heavy tails but not
+            additive; ``"linlog"``:
             raw up to ``s``, logarithmic beyond; ``"copula"``: normal scores of the ranks;
             ``"none"``: raw values.
         warp_quantile: the quantile of the gaps to the best that sets ``s`` (in (0, 1)).
