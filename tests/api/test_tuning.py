@@ -32,10 +32,11 @@ def test_eeipu_reuses_cached_prefixes(tmp_path: Path) -> None:
     pipe = get_pipeline("synthetic-3stage-flat")
     cache = open_cache(str(tmp_path / "c"))
     opt = make_optimizer("eeipu", pipe.space, seed=0, n_warmup=4, **FAST)
-    res = tune(pipe, opt, 60.0, cache=cache, margin=0.5)
+    # 90 s: 4 warm-up and about 12 model trials (with 60 s, the 4 model trials were full runs).
+    res = tune(pipe, opt, 90.0, cache=cache, margin=0.5)
     s = res.summary()
     assert s["n_trials_reusing_cache"] >= 1
-    assert s["overshoot"] <= 0.5 + 1e-9 or s["overshoot"] < 0.2 * 60
+    assert s["overshoot"] <= 0.5 + 1e-9 or s["overshoot"] < 0.2 * 90
     for t in res.trials:
         assert t.reused_depth >= t.planned_reuse  # the planned prefix really was there
     assert len(cached_prefixes(pipe, cache)) >= 2
