@@ -94,13 +94,19 @@ def copula(y: Tensor) -> Tensor:
     return torch.special.ndtri((ranks + 0.5) / n)
 
 
+def _gap_and_scale(y: Tensor, q: float, floor: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Gaps to the best (``n``) and the warps' scale: their ``q``-quantile, at least
+    ``floor`` (and positive)."""
+    gap = y.max() - y
+    return gap, torch.quantile(gap, q).clamp_min(max(float(floor), 1e-12))
+
+
 def log_gap(y: Tensor, q: float = 0.5) -> Tensor:
     """``-log(1 + (max(y) - y) / s)``, ``s`` the ``q``-quantile of the gaps (the median by
     default): tames heavy tails like the copula but keeps magnitudes (how much better one
     configuration is than another). Gaps below ``s`` stay nearly linear, so a small ``q``
     resolves the differences among the best configurations."""
-    gap = y.max() - y
-    s = torch.quantile(gap, q).clamp_min(1e-12)
+    gap, s = _gap_and_scale(y, q)
     return -torch.log1p(gap / s)
 
 
@@ -112,8 +118,7 @@ def clipped_gap(y: Tensor, q: float = 0.5, floor: float = 0.0) -> Tensor:
     quantile collapses once most trials refine the incumbent, and the plateau then hides
     every way out of its basin; the engine's floor is the gap of the best warm-up trial.
     """
-    gap = y.max() - y
-    s = torch.quantile(gap, q).clamp_min(max(float(floor), 1e-12))
+    gap, s = _gap_and_scale(y, q, floor)
     return -gap.clamp_max(s)
 
 
@@ -121,8 +126,7 @@ def linlog_gap(y: Tensor, q: float = 0.5) -> Tensor:
     """``-gap`` for gaps up to ``s`` (the ``q``-quantile of the gaps), ``-s (1 + log(gap /
     s))`` beyond: raw, hence additive over stages, among the best configurations, and
     logarithmic in the heavy tail, which still shows the way out of a poor basin."""
-    gap = y.max() - y
-    s = torch.quantile(gap, q).clamp_min(1e-12)
+    gap, s = _gap_and_scale(y, q)
     return -torch.where(gap <= s, gap, s * (1 + torch.log(gap.clamp_min(s) / s)))
 
 
@@ -176,9 +180,8 @@ class CostAwareBO(Optimizer):
             the floor the median gap collapsed once most trials refined the incumbent and
             two seeds of ten stayed in a poor basin (2.51 over the ten). ``"log"``:
             ``-log(1 + gap / s)`` (``s`` the same quantile), robust to heavy tails but not
-            additive; ``"linlog"``:
-            raw up to ``s``, logarithmic beyond; ``"copula"``: normal scores of the ranks;
-            ``"none"``: raw values.
+            additive; ``"linlog"``: raw up to ``s``, logarithmic beyond; ``"copula"``:
+            normal scores of the ranks; ``"none"``: raw values.
         warp_quantile: the quantile of the gaps to the best that sets ``s`` (in (0, 1)).
         clip_floor: with ``"clip"``, ``s`` is at least the gap of the best warm-up trial.
         warmup: how the warm-up trials are drawn. ``"random"`` (default): uniformly by the
