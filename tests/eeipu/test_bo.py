@@ -149,6 +149,25 @@ def test_same_seed_same_proposals(space: SearchSpace) -> None:
     assert [c.params for c in runs[0]] == [c.params for c in runs[1]]
 
 
+def test_warmup_prefixes_can_be_left_out_of_the_pool(space: SearchSpace) -> None:
+    from .conftest import toy_observe
+
+    hist = toy_history(space, 8)
+    cached = _cached(space, hist[:5])  # 5 warm-up trials (n_warmup=5), depths 1 and 2
+    budget = BudgetState(1000.0, 10.0, 5.0)
+    with_warm = make_optimizer("eeipu", space, seed=0, n_warmup=5, warmup_prefixes=True, **FAST)
+    with_warm.ask(1, hist, cached=cached, budget=budget)
+    assert with_warm.last_info["n_prefixes"] == 1 + 10
+    opt = make_optimizer("eeipu", space, seed=0, n_warmup=5, warmup_prefixes=False, **FAST)
+    picks = opt.ask(1, hist, cached=cached, budget=budget)
+    assert opt.last_info["n_prefixes"] == 1 and picks[0].reuse_depth == 0
+    # Once a model-phase trial has extended a warm-up prefix, that prefix is eligible again.
+    p = {s: dict(v) for s, v in hist[7].params.items()}
+    p[space.stage_names[0]] = dict(hist[2].params[space.stage_names[0]])
+    opt.ask(1, [*hist, toy_observe(space, p, reused=1)], cached=cached, budget=budget)
+    assert opt.last_info["n_prefixes"] == 2
+
+
 @pytest.mark.parametrize("name", ["ei", "eipu", "carbo"])
 def test_baselines_never_plan_reuse(space: SearchSpace, name: str) -> None:
     hist = toy_history(space, 12)
@@ -250,6 +269,7 @@ def test_cost_gps_have_one_kernel_term_per_parameter(space: SearchSpace) -> None
         {"warp_quantile": 1.0},
         {"warp_quantile": "half"},
         {"clip_floor": "yes"},
+        {"warmup_prefixes": 0},
         {"foo": 1},
     ],
 )
