@@ -548,28 +548,20 @@ class CostAwareBO(Optimizer):
         stages = self.space.stage_names
         k_total = len(stages)
         score: dict[str, float] = {}
-        for o in history:
+        warm_only: dict[str, bool] = {}  # prefix id -> made by warm-up trials alone
+        for i, o in enumerate(history):
+            pids = [prefix_id(self.space, o.params, d) for d in range(1, k_total)]
+            for pid in pids:
+                warm_only[pid] = warm_only.get(pid, True) and i < self.n_warmup
             if o.value is None or not math.isfinite(o.value):
                 continue
             v = self.sign() * o.value
-            for d in range(1, k_total):
-                pid = prefix_id(self.space, o.params, d)
+            for pid in pids:
                 score[pid] = max(score.get(pid, -math.inf), v)
         # Prefixes only the random warm-up made are left out (as in the published method):
         # a random head is often expensive, and extending it for hundreds of cheap trials
         # ties the search to a head that costs a fortune to refine later.
-        skip: set[str] = set()
-        if not self.warmup_prefixes:
-            skip = {
-                prefix_id(self.space, o.params, d)
-                for o in history[: self.n_warmup]
-                for d in range(1, k_total)
-            }
-            skip -= {
-                prefix_id(self.space, o.params, d)
-                for o in history[self.n_warmup :]
-                for d in range(1, k_total)
-            }
+        skip = set() if self.warmup_prefixes else {p for p, w in warm_only.items() if w}
         cache_plans: dict[str, PrefixPlan] = {}
         for c in cached:
             if not 1 <= c.depth < k_total:
