@@ -1,4 +1,4 @@
-"""The FastAPI application: routers under ``/v1``, JSON errors, limits, background work.
+"""The FastAPI application: routers under ``/v1``, JSON errors, the edge guard, background work.
 
 ``create_app(settings)`` wires the store (migrated on startup), the cache, the executor (local
 worker processes or Dask) and the scheduler thread; all of it stops with the app.
@@ -18,74 +18,173 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.config import Settings, data_dir
-from api.service import Scheduler, ServiceError, StudyService
+from api.errors import ServiceError, status_of
+from api.schemas import json_safe
+from api.service import Scheduler, StudyService
 
 log = logging.getLogger("eeipu.api")
 
 
-class BodyLimit:
-    """Refuse request bodies over ``max_bytes`` with 413 (by header, or while streaming)."""
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+
+def _host_of(value: str) -> str:
+    """The host name of a ``Host`` header or an origin's authority, lowercased, no port."""
+    v = value.strip().lower()
+    if v.startswith("["):  # [::1]:8000
+        return v[1 : v.find("]")] if "]" in v else v
+    if v.count(":") == 1:
+        v = v.split(":", 1)[0]
+    return v.rstrip(".")
+
+
+def _is_json(content_type: str) -> bool:
+    mt = content_type.split(";", 1)[0].strip().lower()
+    return mt == "application/json" or (mt.startswith("application/") and mt.endswith("+json"))
+
+
+class EdgeGuard:
+    """What every request passes before routing, in this order:
+
+    1. ``Host`` must name this server (loopback names, the address it is bound to, or
+       ``allowed_hosts``) while no token is set or ``allowed_hosts`` is given, else 400: a
+       page on another site that rebinds its DNS name to 127.0.0.1 reaches the loopback
+       server with its own name in ``Host``.
+    2. A mutating request with an ``Origin`` of another host gets 403 (a cross-site form or
+       ``fetch`` with ``Content-Type: text/plain`` needs no preflight).
+    3. With a token set, a mutating request without the right bearer token gets 401 before
+       anything reads its body (a body's errors are nobody else's business).
+    4. A mutating request with a body must say ``Content-Type: application/json`` (415).
+    5. The body is read here up to ``max_bytes``; more (by header, or chunked) is a 413.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.settings = settings
+        self.max_bytes = settings.max_request_bytes
+        self.allowed = _LOOPBACK | {_host_of(h) for h in settings.allowed_hosts}
+        self.check_host = not settings.api_token or bool(settings.allowed_hosts)
+
+    def _host_ok(self, host: str, scope: Scope) -> bool:
+        if host in self.allowed:
+            return True
+        server = scope.get("server")
+        return server is not None and host == str(server[0]).lower()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        headers: dict[bytes, bytes] = {}
         for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > self.max_bytes
-                except ValueError:
-                    too_big = True
-                if too_big:
-                    await self._refuse(send)
-                    return
-        seen = 0
+            headers.setdefault(name, value)
+        host = headers.get(b"host")
+        if self.check_host and host is not None:
+            name = _host_of(host.decode("latin-1"))
+            if not self._host_ok(name, scope):
+                await _send_error(send, 400, "bad_host", f"host {name[:100]!r} is not served here")
+                return
+        if scope["method"] in _SAFE_METHODS:
+            await self.app(scope, receive, send)
+            return
+        origin = headers.get(b"origin")
+        if origin is not None:
+            text = origin.decode("latin-1")
+            oname = _host_of(text.split("://", 1)[1]) if "://" in text else ""
+            if not oname or not self._host_ok(oname, scope):
+                await _send_error(
+                    send, 403, "cross_origin", f"cross-site request from {text[:100]!r} refused"
+                )
+                return
+        token = self.settings.api_token
+        if token:
+            from api.deps import token_ok
 
-        async def limited() -> Message:
-            nonlocal seen
+            auth = headers.get(b"authorization")
+            if not token_ok(token, None if auth is None else auth.decode("latin-1")):
+                await _send_error(
+                    send,
+                    401,
+                    "unauthorized",
+                    "missing or wrong bearer token (Authorization: Bearer <token>)",
+                )
+                return
+        length = headers.get(b"content-length")
+        chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+        if length is not None:
+            try:
+                n = int(length)
+            except ValueError:
+                await _send_error(send, 400, "bad_request", "Content-Length is not a number")
+                return
+            if n > self.max_bytes:
+                await self._too_large(send)
+                return
+        has_body = chunked or (length is not None and n > 0)
+        ctype = headers.get(b"content-type")
+        if (has_body or ctype is not None) and not _is_json((ctype or b"").decode("latin-1")):
+            await _send_error(
+                send, 415, "unsupported_media_type", "the request body must be application/json"
+            )
+            return
+        body = bytearray()
+        more = True
+        while more:
             msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge()
-            return msg
+            if msg["type"] != "http.request":  # the client went away
+                return
+            body += msg.get("body", b"")
+            more = bool(msg.get("more_body"))
+            if len(body) > self.max_bytes:
+                await self._too_large(send)
+                return
+        done = False
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._refuse(send)
+        async def replay() -> Message:
+            nonlocal done
+            if not done:
+                done = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
 
-    async def _refuse(self, send: Send) -> None:
-        resp = JSONResponse(
-            {
-                "error": "request_too_large",
-                "message": f"request body exceeds {self.max_bytes} bytes",
-            },
-            413,
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send: Send) -> None:
+        await _send_error(
+            send, 413, "request_too_large", f"request body exceeds {self.max_bytes} bytes"
         )
-        await resp({"type": "http"}, _empty_receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+async def _send_error(send: Send, status: int, code: str, message: str) -> None:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    resp = JSONResponse({"error": code, "message": message}, status, headers=headers)
+    await resp({"type": "http"}, _empty_receive, send)
 
 
 async def _empty_receive() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
-def _err(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": code, "message": message, **extra}, status, headers=headers)
+def _err(
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    headers = dict(headers or {})
+    if status == 401:
+        headers.setdefault("WWW-Authenticate", "Bearer")
+    return JSONResponse(
+        json_safe({"error": code, "message": message, **extra}), status, headers=headers
+    )
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -96,27 +195,111 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route of this path answers (asked of the router itself, so
+    included routers count)."""
+    from starlette.routing import Match
+
+    allowed = []
+    for method in ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT"):
+        probe = {**scope, "method": method}
+        if any(r.matches(probe)[0] == Match.FULL for r in app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    """The one place where errors become HTTP: domain errors by ``status_of``, validation
+    errors as 422, framework errors with their status (and headers, e.g. ``Allow``)."""
+
     @app.exception_handler(ServiceError)
     async def _service(_: Request, exc: ServiceError) -> JSONResponse:
-        return _err(exc.status, exc.code, exc.message)
+        return _err(status_of(exc), exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+            {"loc": [str(x) for x in e.get("loc", ())], "msg": e.get("msg"), "type": e.get("type")}
             for e in exc.errors()[:50]
         ]
         return _err(422, "invalid_request", _validation_message(exc), detail=errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _err(exc.status_code, "http_error", str(exc.detail))
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route of the path; each method has its own.
+            headers["Allow"] = ", ".join(_allowed_methods(app, request.scope))
+        return _err(exc.status_code, code, str(exc.detail), headers=headers)
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error: %s", exc)
         return _err(500, "internal", f"internal error ({type(exc).__name__})")
+
+
+def _document(app: FastAPI, settings: Settings) -> None:
+    """Make the OpenAPI document say what this server enforces: its budget and size limits
+    (from the settings, so a schema-valid request is one the server accepts), the bearer
+    token on mutating operations when one is set, and the error body of every 4xx."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        )
+        comps = doc.setdefault("components", {})
+        schemas = comps.setdefault("schemas", {})
+        create = schemas.get("StudyCreate", {}).get("properties", {})
+        limits = {
+            "budget_seconds": ("maximum", settings.max_budget_seconds),
+            "max_trials": ("maximum", settings.max_trials_limit),
+            "parallelism": ("maximum", settings.max_parallelism),
+        }
+        for field, (kw, value) in limits.items():
+            prop = create.get(field)
+            if prop is None:
+                continue
+            for sub in prop.get("anyOf", [prop]):
+                if sub.get("type") in ("number", "integer"):
+                    sub[kw] = min(sub.get(kw, value), value)
+        if settings.api_token:
+            comps["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        for ops in doc.get("paths", {}).values():
+            for method, op in ops.items():
+                if not isinstance(op, dict):
+                    continue
+                if settings.api_token and method.upper() not in _SAFE_METHODS:
+                    op["security"] = [{"bearer": []}]
+                resp = op.get("responses", {})
+                if "422" in resp:
+                    resp["422"] = {
+                        "description": "invalid request",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/ErrorOut"}
+                            }
+                        },
+                    }
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class LeaderLock:
@@ -241,7 +424,8 @@ def create_app(settings: Settings | None = None, background: bool | str = True) 
     app.include_router(health.router)
     for r in (studies.router, trials.router, pipelines.router, cache_routes.router, workers.router):
         app.include_router(r, prefix="/v1")
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    _document(app, settings)
+    app.add_middleware(EdgeGuard, settings=settings)
     return app
 
 

@@ -1,93 +1,87 @@
-"""Embedded defaults shared by the CLI and the service (one place, overridable by env)."""
+"""Settings of the CLI and the service: one ``pydantic-settings`` class read from ``EEIPU_*``.
+
+``Settings()`` reads the environment (``EEIPU_<FIELD>``; the database URL is ``EEIPU_DB``),
+then the CLI overrides fields by assignment and calls ``validate()``. The functions below
+(``data_dir``, ``default_db``, ``default_cache``, ``cache_max_bytes``) read the same class, so
+CLI commands that need only one location agree with the server on every default.
+"""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings", "cache_max_bytes", "data_dir", "default_cache", "default_db"]
 
 
-def data_dir() -> Path:
-    """``$EEIPU_HOME`` or ``./eeipu-data``: where the default SQLite file and cache live."""
-    return Path(os.environ.get("EEIPU_HOME", "eeipu-data"))
+def _split_csv(v: Any) -> Any:
+    """``"a, b,,c"`` -> ``("a", "b", "c")`` (lists from code pass through)."""
+    if isinstance(v, str):
+        return tuple(m.strip() for m in v.split(",") if m.strip())
+    return v
 
 
-def default_cache() -> str:
-    return os.environ.get("EEIPU_CACHE", str(data_dir() / "cache"))
-
-
-def default_db() -> str:
-    return os.environ.get("EEIPU_DB", f"sqlite:///{data_dir() / 'eeipu.db'}")
-
-
-def cache_max_bytes() -> int | None:
-    v = os.environ.get("EEIPU_CACHE_MAX_BYTES")
-    return int(v) if v else None
-
-
-def _env_float(name: str, default: float) -> float:
-    v = os.environ.get(name)
-    if not v:
-        return default
-    try:
-        return float(v)
-    except ValueError:
-        raise ValueError(f"${name} must be a number, got {v!r}") from None
-
-
-def _env_int(name: str, default: int) -> int:
-    v = os.environ.get(name)
-    if not v:
-        return default
-    try:
-        return int(v)
-    except ValueError:
-        raise ValueError(f"${name} must be an integer, got {v!r}") from None
-
-
-@dataclass
-class Settings:
+class Settings(BaseSettings):
     """Everything the service is configured by (environment first, then CLI overrides).
 
     One place, so the CLI, the app factory, the workers and the tests agree on defaults.
     """
 
-    db_url: str = field(default_factory=default_db)
-    cache: str = field(default_factory=default_cache)
-    cache_max_bytes: int | None = field(default_factory=cache_max_bytes)
-    # Bearer token for mutating endpoints; without one the server only binds to loopback.
-    api_token: str | None = field(default_factory=lambda: os.environ.get("EEIPU_API_TOKEN") or None)
-    # Modules from which ``module:attribute`` pipelines may be imported (off by default:
-    # importing a module named over HTTP is code execution).
-    allowed_pipeline_modules: tuple[str, ...] = field(
-        default_factory=lambda: tuple(
-            m.strip()
-            for m in os.environ.get("EEIPU_ALLOWED_PIPELINE_MODULES", "").split(",")
-            if m.strip()
-        )
+    model_config = SettingsConfigDict(
+        env_prefix="EEIPU_",
+        env_ignore_empty=True,
+        populate_by_name=True,
+        extra="ignore",
     )
-    workers: int = field(default_factory=lambda: _env_int("EEIPU_WORKERS", 2))
-    dask: str | None = field(default_factory=lambda: os.environ.get("EEIPU_DASK") or None)
-    heartbeat_interval: float = field(
-        default_factory=lambda: _env_float("EEIPU_HEARTBEAT_INTERVAL", 2.0)
-    )
-    heartbeat_timeout: float = field(
-        default_factory=lambda: _env_float("EEIPU_HEARTBEAT_TIMEOUT", 30.0)
-    )
-    max_attempts: int = field(default_factory=lambda: _env_int("EEIPU_MAX_ATTEMPTS", 3))
-    scheduler_interval: float = field(
-        default_factory=lambda: _env_float("EEIPU_SCHEDULER_INTERVAL", 0.2)
-    )
-    max_request_bytes: int = field(
-        default_factory=lambda: _env_int("EEIPU_MAX_REQUEST_BYTES", 1 << 20)
-    )
-    max_budget_seconds: float = field(
-        default_factory=lambda: _env_float("EEIPU_MAX_BUDGET_SECONDS", 30 * 86400.0)
-    )
-    max_trials_limit: int = 100_000
-    max_parallelism: int = 256
 
-    def validate(self) -> None:
+    # Where the default SQLite file and cache live.
+    home: Path = Path("eeipu-data")
+    db_url: str = Field(default="", validation_alias=AliasChoices("EEIPU_DB", "EEIPU_DB_URL"))
+    cache: str = ""
+    cache_max_bytes: int | None = Field(default=None, ge=0)
+    # Bearer token for mutating endpoints; without one the server only binds to loopback.
+    api_token: str | None = Field(default=None, max_length=4096)
+    # Modules from which ``module:attribute`` pipelines may be imported (off by default:
+    # importing a module named over HTTP is code execution). Comma-separated in the env.
+    allowed_pipeline_modules: Annotated[tuple[str, ...], NoDecode] = ()
+    # Host names (``Host`` header, ``Origin`` host) accepted besides loopback names and the
+    # address the server is bound to: a request for any other host is a DNS-rebinding attempt.
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    workers: int = 2
+    dask: str | None = None
+    heartbeat_interval: float = Field(default=2.0, allow_inf_nan=False)
+    heartbeat_timeout: float = Field(default=30.0, allow_inf_nan=False)
+    max_attempts: int = 3
+    scheduler_interval: float = Field(default=0.2, gt=0, allow_inf_nan=False)
+    max_request_bytes: int = 1 << 20
+    max_budget_seconds: float = Field(default=30 * 86400.0, gt=0, le=1e9, allow_inf_nan=False)
+    max_trials_limit: int = Field(default=100_000, ge=1, le=10_000_000)
+    max_parallelism: int = Field(default=256, ge=1, le=100_000)
+
+    @field_validator("allowed_pipeline_modules", "allowed_hosts", mode="before")
+    @classmethod
+    def _csv(cls, v: Any) -> Any:
+        return _split_csv(v)
+
+    @field_validator("api_token", "dask", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return v or None
+
+    @model_validator(mode="after")
+    def _defaults_and_checks(self) -> Settings:
+        if not self.db_url:
+            self.db_url = f"sqlite:///{self.home / 'eeipu.db'}"
+        if not self.cache:
+            self.cache = str(self.home / "cache")
+        self.validate()
+        return self
+
+    def validate(self) -> None:  # type: ignore[override]
+        """Raise ``ValueError`` for inconsistent values (also after CLI overrides)."""
         if self.workers < 0:
             raise ValueError("the number of workers must be >= 0")
         if self.heartbeat_interval <= 0 or self.heartbeat_timeout <= self.heartbeat_interval:
@@ -96,3 +90,20 @@ class Settings:
             raise ValueError("max attempts must be >= 1")
         if self.max_request_bytes < 1024:
             raise ValueError("max request bytes must be >= 1024")
+
+
+def data_dir() -> Path:
+    """``$EEIPU_HOME`` or ``./eeipu-data``: where the default SQLite file and cache live."""
+    return Settings().home
+
+
+def default_cache() -> str:
+    return Settings().cache
+
+
+def default_db() -> str:
+    return Settings().db_url
+
+
+def cache_max_bytes() -> int | None:
+    return Settings().cache_max_bytes

@@ -5,12 +5,25 @@ from __future__ import annotations
 import hmac
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Path, Query, Request
+from fastapi import Depends, Path, Query, Request
 
 from api.config import Settings
-from api.service import ServiceError, StudyService
+from api.schemas import KEY_PATTERN, MAX_ID
+from api.service import StudyService
 
-MAX_ID = 2**31 - 1  # ids are 32-bit integers in every backend: larger ones are a 4xx, not a 500
+__all__ = [
+    "MAX_ID",
+    "Authorized",
+    "CacheKeyPath",
+    "ExecutorDep",
+    "Limit",
+    "Offset",
+    "ServiceDep",
+    "SettingsDep",
+    "StudyId",
+    "TrialId",
+    "token_ok",
+]
 
 
 def get_service(request: Request) -> StudyService:
@@ -25,17 +38,29 @@ def get_executor(request: Request) -> Any:
     return request.app.state.executor
 
 
-def require_token(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
-    """Mutating endpoints need ``Authorization: Bearer <token>`` when a token is set."""
-    token = request.app.state.settings.api_token
+def token_ok(token: str | None, authorization: str | None) -> bool:
+    """Whether ``Authorization`` carries the bearer ``token`` (always true without a token)."""
     if not token:
-        return
+        return True
     scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
+    return scheme.lower() == "bearer" and hmac.compare_digest(
         given.strip().encode(), token.encode()
-    ):
-        raise ServiceError(
-            401, "missing or wrong bearer token (Authorization: Bearer <token>)", "unauthorized"
+    )
+
+
+def require_token(request: Request) -> None:
+    """Mutating endpoints need ``Authorization: Bearer <token>`` when a token is set.
+
+    ``api.app.EdgeGuard`` already refused a request without it before its body was read
+    (so a bad body never tells an anonymous client anything); this repeats the check for an
+    app mounted without that middleware."""
+    from fastapi import HTTPException
+
+    if not token_ok(request.app.state.settings.api_token, request.headers.get("authorization")):
+        raise HTTPException(
+            401,
+            "missing or wrong bearer token (Authorization: Bearer <token>)",
+            headers={"WWW-Authenticate": "Bearer"},
         )
 
 
@@ -45,5 +70,8 @@ ExecutorDep = Annotated[Any, Depends(get_executor)]
 Authorized = Depends(require_token)
 StudyId = Annotated[int, Path(ge=1, le=MAX_ID, description="study id")]
 TrialId = Annotated[int, Path(ge=1, le=MAX_ID, description="trial id")]
+CacheKeyPath = Annotated[
+    str, Path(min_length=32, max_length=32, pattern=KEY_PATTERN, description="a cache key")
+]
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
 Offset = Annotated[int, Query(ge=0, le=MAX_ID)]

@@ -9,21 +9,25 @@ proposal, and two proposers never both succeed on the same state.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import queue
 import threading
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 from api.config import Settings
-from api.execution.runner import resolve_pipeline
+from api.errors import Conflict, Forbidden, InvalidRequest, NotFound, ServiceError
+from api.execution.runner import BOOK, book_of, resolve_pipeline
 from api.store import (
     FINISHED,
     NewTrial,
+    StageRun,
     StaleClaim,
     Study,
     StudySpec,
@@ -33,24 +37,15 @@ from api.store import (
     TrialState,
     TrialStore,
 )
+from cache import StageCache
+from eeipu import BudgetState, CachedPrefix, Observation, Optimizer, Pending, make_optimizer
+from pipelines import Pipeline
 
 log = logging.getLogger("eeipu.service")
 
-MAX_FAILED_BEFORE_GIVING_UP = 5
 
-
-class ServiceError(Exception):
-    """An error for the client: HTTP ``status`` and a clear ``message``."""
-
-    def __init__(self, status: int, message: str, code: str = "error") -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-
-
-def not_found(what: str) -> ServiceError:
-    return ServiceError(404, f"{what} not found", "not_found")
+def not_found(what: str) -> NotFound:
+    return NotFound(f"{what} not found", "not_found")
 
 
 @dataclass
@@ -66,6 +61,86 @@ class StudyRequest:
     fixed_params: dict[str, dict[str, Any]] | None = None
     mode: str = "managed"
     name: str | None = None
+    run_seed: int | None = None  # the pipeline run seed (part of every cache key)
+    budget_margin: float = 0.0  # allowed overshoot in seconds
+    max_consecutive_failures: int = 5  # this many failed trials in a row fail the study
+    optimizer_options: dict[str, Any] | None = None  # e.g. {"n_warmup": 4}
+
+
+@dataclass
+class OptimizerInputs:
+    """A study's trials as the optimizer sees them (the one conversion every path uses)."""
+
+    history: list[Observation]
+    pending: list[Pending]
+    warmup_spent: float
+    max_full_cost: float | None  # the largest full-run cost seen so far (no model yet)
+    committed: float  # predicted cost of the trials waiting or running
+
+
+def stage_cost(s: StageRun) -> float:
+    """What computing a stage costs: the compute paid on a miss, the original cost on a hit."""
+    return float(s.original_cost_seconds if s.hit else s.cost_seconds)
+
+
+def admission_cost(predicted: float | None, max_full: float | None) -> float | None:
+    """The cost a trial is admitted against: the optimizer's prediction, else (no model
+    yet) the largest full-run cost seen so far (None before any trial ran)."""
+    if predicted is not None:
+        return float(predicted)
+    return max_full
+
+
+def optimizer_inputs(
+    trials: Sequence[Trial], n_stages: int, phases: Mapping[int, str]
+) -> OptimizerInputs:
+    """History (every finished trial, failed ones with ``value=None``), pending trials, the
+    warm-up's spend and the cost figures of the budget rule, from a study's trials."""
+    history: list[Observation] = []
+    pending_trials: list[Trial] = []
+    warm = 0.0
+    for t in trials:
+        if t.state in (TrialState.WAITING, TrialState.RUNNING):
+            pending_trials.append(t)
+            continue
+        costs = [stage_cost(s) for s in t.stages or []]
+        history.append(
+            Observation(
+                params=t.params,
+                value=t.value if t.state == TrialState.COMPLETE else None,
+                stage_costs=costs if len(costs) == n_stages else [],
+                reused_depth=t.reused_depth or 0,
+                cost_paid=float(t.cost_seconds or 0.0),
+            )
+        )
+        if phases.get(t.number) == "warmup":
+            warm += float(t.cost_seconds or 0.0)
+    full = [sum(o.stage_costs) for o in history if o.stage_costs]
+    max_full = max(full) if full else None
+    committed = sum(admission_cost(t.predicted_cost, max_full) or 0.0 for t in pending_trials)
+    return OptimizerInputs(
+        history,
+        [Pending(params=t.params, reuse_depth=t.reuse_depth) for t in pending_trials],
+        warm,
+        max_full,
+        committed,
+    )
+
+
+def consecutive_failures(trials: Sequence[Trial]) -> int:
+    """Failed trials in a row at the end of the study (trials that never ran do not count)."""
+    ran = [t for t in trials if t.state in FINISHED and t.attempts > 0]
+    ran.sort(key=lambda t: (t.finished_at or 0.0, t.number))
+    n = 0
+    for t in reversed(ran):
+        if t.state != TrialState.FAILED:
+            break
+        n += 1
+    return n
+
+
+def phases_of(book: Mapping[str, Any]) -> dict[int, str]:
+    return {int(k): str(v) for k, v in (book.get("phases") or {}).items()}
 
 
 class StudyService:
@@ -76,14 +151,17 @@ class StudyService:
         settings: the service settings (allow-list, limits, heartbeats).
         cache: the stage cache, or None (then nothing is planned for reuse).
         default_parallelism: trials in flight per study when a study does not say.
+        pipelines: pipelines of this process by reference, looked up before resolving a name
+            (``eeipu tune`` and ``api.tuning.tune`` hand over the pipeline object they run).
     """
 
     def __init__(
         self,
         store: TrialStore,
         settings: Settings,
-        cache: Any | None = None,
+        cache: StageCache | None = None,
         default_parallelism: int = 1,
+        pipelines: Mapping[str, Pipeline] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -91,56 +169,83 @@ class StudyService:
         self.default_parallelism = max(1, default_parallelism)
         self._lock = threading.Lock()  # one proposer per process (others: compare-and-set)
         self._specs: dict[int, StudySpec] = {}
+        self._pipelines: dict[str, Pipeline] = dict(pipelines or {})
+        # Optimizers given as instances (``api.tuning.tune``): each proposal starts from a
+        # copy of the fresh instance and the saved state, exactly like a rebuilt one.
+        self._templates: dict[int, Optimizer] = {}
+        # In-process figures of proposals (not persisted): seconds the optimizer took.
+        self.ask_seconds: dict[int, float] = {}
+        # Why a study stopped proposing (the last reason seen in this process).
+        self.stop_reasons: dict[int, str] = {}
         self.tells = TellBatcher(store)
 
     # ---------------------------------------------------------------- pipelines
-    def pipeline(self, name: str) -> Any:
+    def pipeline(self, name: str) -> Pipeline:
+        if name in self._pipelines:
+            return self._pipelines[name]
         try:
-            return resolve_pipeline(name, self.settings.allowed_pipeline_modules)
+            pipe: Pipeline = resolve_pipeline(name, self.settings.allowed_pipeline_modules)
+            return pipe
         except PermissionError as e:
-            raise ServiceError(403, str(e), "forbidden_module") from None
+            raise Forbidden(str(e), "forbidden_module") from None
         except (ValueError, TypeError) as e:
-            raise ServiceError(422, str(e), "invalid_pipeline") from None
+            raise InvalidRequest(str(e), "invalid_pipeline") from None
 
     # ---------------------------------------------------------------- studies
-    def create_study(self, req: StudyRequest) -> Study:
-        from eeipu import make_optimizer
-
+    def create_study(self, req: StudyRequest, optimizer: Optimizer | None = None) -> Study:
+        """Validate and store a new study; ``optimizer``: an instance to use instead of one
+        built by name (this process only; its name is the study's optimizer)."""
         s = self.settings
         if not (isinstance(req.budget_seconds, int | float) and math.isfinite(req.budget_seconds)):
-            raise ServiceError(422, "budget_seconds must be a finite number", "invalid_budget")
+            raise InvalidRequest("budget_seconds must be a finite number", "invalid_budget")
         if req.budget_seconds <= 0:
-            raise ServiceError(422, "budget_seconds must be > 0", "invalid_budget")
+            raise InvalidRequest("budget_seconds must be > 0", "invalid_budget")
         if req.budget_seconds > s.max_budget_seconds:
-            raise ServiceError(
-                422,
+            raise InvalidRequest(
                 f"budget_seconds exceeds this server's limit of {s.max_budget_seconds:g} s",
                 "invalid_budget",
             )
         if req.max_trials is not None and not 1 <= req.max_trials <= s.max_trials_limit:
-            raise ServiceError(
-                422, f"max_trials must be between 1 and {s.max_trials_limit}", "invalid_budget"
+            raise InvalidRequest(
+                f"max_trials must be between 1 and {s.max_trials_limit}", "invalid_budget"
             )
         if req.parallelism is not None and not 1 <= req.parallelism <= s.max_parallelism:
-            raise ServiceError(
-                422, f"parallelism must be between 1 and {s.max_parallelism}", "invalid_value"
+            raise InvalidRequest(
+                f"parallelism must be between 1 and {s.max_parallelism}", "invalid_value"
             )
+        margin = req.budget_margin
+        if not (isinstance(margin, int | float) and math.isfinite(margin) and margin >= 0):
+            raise InvalidRequest("budget_margin must be a finite number >= 0", "invalid_budget")
+        mcf = req.max_consecutive_failures
+        if isinstance(mcf, bool) or not isinstance(mcf, int) or not 1 <= mcf <= 1000:
+            raise InvalidRequest("max_consecutive_failures must be between 1 and 1000")
         if req.mode not in ("managed", "external"):
-            raise ServiceError(422, "mode must be 'managed' or 'external'", "invalid_value")
+            raise InvalidRequest("mode must be 'managed' or 'external'", "invalid_value")
         pipe = self.pipeline(req.pipeline)
         direction = req.direction or pipe.direction
         if direction not in ("maximize", "minimize"):
-            raise ServiceError(422, "direction must be 'maximize' or 'minimize'", "invalid_value")
-        fixed = self._check_fixed(pipe, req.fixed_params or {})
+            raise InvalidRequest("direction must be 'maximize' or 'minimize'", "invalid_value")
+        objective = req.objective or pipe.objective
         try:
-            opt = make_optimizer(req.optimizer, pipe.space, direction=direction, seed=req.seed)
+            pipe.check_objective(objective)
         except ValueError as e:
-            raise ServiceError(422, str(e), "invalid_optimizer") from None
+            raise InvalidRequest(str(e), "invalid_objective") from None
+        fixed = self._check_fixed(pipe, req.fixed_params or {})
+        options = dict(req.optimizer_options or {})
+        if optimizer is None:
+            try:
+                opt = make_optimizer(
+                    req.optimizer, pipe.space, direction=direction, seed=req.seed, **options
+                )
+            except ValueError as e:
+                raise InvalidRequest(str(e), "invalid_optimizer") from None
+        else:
+            opt = copy.deepcopy(optimizer)
         spec = StudySpec(
             pipeline=req.pipeline,
-            optimizer=req.optimizer,
+            optimizer=opt.name if optimizer is not None else req.optimizer,
             budget_seconds=float(req.budget_seconds),
-            objective=req.objective or pipe.objective,
+            objective=objective,
             direction=direction,
             max_trials=req.max_trials,
             seed=req.seed,
@@ -148,32 +253,74 @@ class StudyService:
             fixed_params=fixed,
             mode=req.mode,
             name=req.name,
+            run_seed=req.run_seed,
+            budget_margin=float(margin),
+            max_consecutive_failures=int(mcf),
         )
-        return self.store.create_study(spec, opt.state_dict())
+        state = opt.state_dict()
+        state[BOOK] = {"phases": {}, "optimizer_options": options}
+        st = self.store.create_study(spec, state)
+        if optimizer is not None:
+            self._templates[st.id] = opt
+        return st
+
+    def _optimizer(self, st: Study, pipe: Pipeline) -> Optimizer:
+        template = self._templates.get(st.id)
+        if template is not None:
+            opt = copy.deepcopy(template)
+        else:
+            options = book_of(st.optimizer_state).get("optimizer_options") or {}
+            try:
+                opt = make_optimizer(
+                    st.spec.optimizer,
+                    pipe.space,
+                    direction=st.spec.direction,
+                    seed=st.spec.seed,
+                    **options,
+                )
+            except ValueError as e:
+                raise InvalidRequest(str(e), "invalid_optimizer") from None
+        if st.optimizer_state:
+            opt.load_state_dict(st.optimizer_state)
+        return opt
+
+    def cached_prefixes(self, pipe: Pipeline, run_seed: int | None) -> list[CachedPrefix]:
+        """What the cache holds for this pipeline and run seed, as the optimizer's data."""
+        if self.cache is None:
+            return []
+        try:
+            return [
+                CachedPrefix(int(p["depth"]), p["params"], float(p["load_seconds"]))
+                for p in pipe.cached_prefixes(self.cache, seed=run_seed)
+            ]
+        except Exception as e:  # an unreadable cache only loses reuse planning
+            log.warning("cache prefixes unavailable: %s", e)
+            return []
 
     @staticmethod
     def _check_fixed(pipe: Any, fixed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """Validate fixed parameters against the pipeline's space (a 422 names the problem)."""
         if not isinstance(fixed, dict) or not all(isinstance(v, dict) for v in fixed.values()):
-            raise ServiceError(422, "fixed_params must map stage -> {parameter: value}")
+            raise InvalidRequest("fixed_params must map stage -> {parameter: value}", "error")
         stages = {st.name: st for st in pipe.stages}
         out: dict[str, dict[str, Any]] = {}
         for stage, params in fixed.items():
             if stage not in stages:
-                raise ServiceError(
-                    422, f"fixed_params: unknown stage {stage!r}; stages are {sorted(stages)}"
+                raise InvalidRequest(
+                    f"fixed_params: unknown stage {stage!r}; stages are {sorted(stages)}",
+                    "error",
                 )
             space = stages[stage].space
             out[stage] = {}
             for name, value in params.items():
                 if name not in space:
-                    raise ServiceError(
-                        422, f"fixed_params: stage {stage!r} has no parameter {name!r}"
+                    raise InvalidRequest(
+                        f"fixed_params: stage {stage!r} has no parameter {name!r}", "error"
                     )
                 try:
                     out[stage][name] = space[name].canonical(value)
                 except (ValueError, TypeError) as e:
-                    raise ServiceError(422, f"fixed_params: {stage}.{name}: {e}") from None
+                    raise InvalidRequest(f"fixed_params: {stage}.{name}: {e}", "error") from None
         return out
 
     def spec(self, study_id: int) -> StudySpec:
@@ -195,8 +342,7 @@ class StudyService:
         if st.state == StudyState.STOPPED:
             return st
         if not self.store.set_study_state(study_id, StudyState.STOPPED, [StudyState.RUNNING]):
-            raise ServiceError(
-                409,
+            raise Conflict(
                 f"study {study_id} is {st.state.value}; only a running study can be stopped",
                 "conflict",
             )
@@ -210,8 +356,8 @@ class StudyService:
             study_id, StudyState.RUNNING, [StudyState.STOPPED, StudyState.FAILED]
         )
         if not ok:
-            raise ServiceError(
-                409, f"study {study_id} is {st.state.value}; it cannot be resumed", "conflict"
+            raise Conflict(
+                f"study {study_id} is {st.state.value}; it cannot be resumed", "conflict"
             )
         return self.get_study(study_id)
 
@@ -223,7 +369,7 @@ class StudyService:
     def best(self, study_id: int) -> Trial:
         st = self.get_study(study_id)
         if st.best_trial_id is None:
-            raise ServiceError(404, f"study {study_id} has no completed trial yet", "no_trials")
+            raise NotFound(f"study {study_id} has no completed trial yet", "no_trials")
         t = self.store.get_trial(st.best_trial_id, with_stages=True)
         if t is None:  # pragma: no cover - deleted concurrently
             raise not_found(f"trial {st.best_trial_id}")
@@ -239,9 +385,13 @@ class StudyService:
         return None
 
     def propose(self, study_id: int, n: int) -> list[Trial]:
-        """Ask the optimizer for up to ``n`` trials and store them with its new state."""
-        from eeipu import BudgetState, CachedPrefix, Observation, Pending, make_optimizer
+        """Ask the optimizer for up to ``n`` trials and store them with its new state.
 
+        Budget rule: a candidate is not started when its predicted cost (the optimizer's;
+        when it gives none, the largest full-run cost seen so far), on top of the predicted cost of
+        the trials already waiting or running, exceeds what is left of the budget plus the
+        study's margin.
+        """
         with self._lock:
             for _ in range(10):
                 st = self.get_study(study_id)
@@ -252,53 +402,59 @@ class StudyService:
                 if n <= 0:
                     return []
                 pipe = self.pipeline(st.spec.pipeline)
-                opt = make_optimizer(
-                    st.spec.optimizer, pipe.space, direction=st.spec.direction, seed=st.spec.seed
-                )
-                if st.optimizer_state:
-                    opt.load_state_dict(st.optimizer_state)
+                run_seed, margin = st.spec.run_seed, st.spec.budget_margin
+                opt = self._optimizer(st, pipe)
+                book = book_of(st.optimizer_state)
+                phases = phases_of(book)
                 trials = self.store.list_trials(study_id, with_stages=True)
-                k = len(pipe.stages)
-                history, pending = [], []
-                for t in trials:
-                    if t.state in (TrialState.WAITING, TrialState.RUNNING):
-                        pending.append(Pending(params=t.params, reuse_depth=t.reuse_depth))
-                    elif t.stages is not None and len(t.stages) == k:
-                        history.append(
-                            Observation(
-                                params=t.params,
-                                value=t.value if t.state == TrialState.COMPLETE else None,
-                                stage_costs=[
-                                    s.original_cost_seconds or s.cost_seconds for s in t.stages
-                                ],
-                                reused_depth=t.reused_depth or 0,
-                                cost_paid=t.cost_seconds,
-                            )
-                        )
-                cached = []
-                if self.cache is not None:
-                    try:
-                        cached = [
-                            CachedPrefix(p["depth"], p["params"], p["load_seconds"])
-                            for p in pipe.cached_prefixes(self.cache)
-                        ]
-                    except Exception as e:  # an unreadable cache only loses reuse planning
-                        log.warning("cache prefixes unavailable: %s", e)
-                budget = BudgetState(total=st.spec.budget_seconds, spent=st.cost_spent)
-                cands = opt.ask(n, history, pending, cached, budget)
-                new = []
+                inputs = optimizer_inputs(trials, len(pipe.stages), phases)
+                budget = BudgetState(
+                    total=st.spec.budget_seconds,
+                    spent=st.cost_spent,
+                    warmup_spent=inputs.warmup_spent,
+                    margin=margin,
+                )
+                t0 = time.perf_counter()
+                cands = opt.ask(
+                    n,
+                    inputs.history,
+                    inputs.pending,
+                    self.cached_prefixes(pipe, run_seed),
+                    budget,
+                )
+                ask_s = time.perf_counter() - t0
+                if not cands:
+                    self.stop_reasons[study_id] = "no candidate fits the remaining budget"
+                    return []
+                new: list[NewTrial] = []
+                committed = inputs.committed
                 for c in cands:
+                    phase = str(c.info.get("phase", "model"))
+                    cost = admission_cost(c.predicted_cost, inputs.max_full_cost)
+                    if cost is not None and committed + cost > budget.remaining + margin:
+                        self.stop_reasons[study_id] = (
+                            "next trial's predicted cost exceeds the remaining budget"
+                        )
+                        break
+                    committed += cost or 0.0
                     params = {s: dict(v) for s, v in c.params.items()}
                     for s, fixed in st.spec.fixed_params.items():
                         params.setdefault(s, {}).update(fixed)
                     params = pipe.canonical(params)
+                    if phase != "model":
+                        phases[st.n_trials + len(new)] = phase
                     new.append(NewTrial(params, int(c.reuse_depth), c.predicted_cost))
                 if not new:
                     return []
-                added = self.store.add_trials(study_id, new, opt.state_dict(), st.ask_version)
+                state = opt.state_dict()
+                book["phases"] = {str(k): v for k, v in sorted(phases.items())}
+                state[BOOK] = book
+                added = self.store.add_trials(study_id, new, state, st.ask_version)
                 if added is not None:
+                    for t in added:
+                        self.ask_seconds[t.id] = ask_s
                     return added
-            raise ServiceError(409, "could not propose: the study kept changing", "conflict")
+            raise Conflict("could not propose: the study kept changing", "conflict")
 
     # ---------------------------------------------------------------- ask / tell
     def ask(self, study_id: int, worker: str | None) -> Trial:
@@ -307,40 +463,37 @@ class StudyService:
         for _ in range(10):
             st = self.get_study(study_id)
             if st.state != StudyState.RUNNING:
-                raise ServiceError(409, f"study {study_id} is {st.state.value}", "not_running")
+                raise Conflict(f"study {study_id} is {st.state.value}", "not_running")
             t = self.store.claim_trial(worker, study_id=study_id)
             if t is not None:
                 return t
             why = self._exhausted(st)
             if why:
-                raise ServiceError(409, f"study {study_id}: {why}", "exhausted")
+                raise Conflict(f"study {study_id}: {why}", "exhausted")
             if not self.propose(study_id, 1):
-                raise ServiceError(
-                    409, f"study {study_id}: the optimizer has no more proposals", "exhausted"
+                raise Conflict(
+                    f"study {study_id}: the optimizer has no more proposals", "exhausted"
                 )
-        raise ServiceError(
-            409, "could not claim a trial: other clients keep taking them", "conflict"
-        )
+        raise Conflict("could not claim a trial: other clients keep taking them", "conflict")
 
     def tell(self, study_id: int, trial_id: int, worker: str | None, result: TrialResult) -> Trial:
         spec = self.spec(study_id)
         if result.value is None and result.state == TrialState.COMPLETE:
             result.value = result.metrics.get(spec.objective)
             if result.value is None:
-                raise ServiceError(
-                    422,
+                raise InvalidRequest(
                     "a COMPLETE trial needs 'value' or the objective "
                     f"{spec.objective!r} in metrics",
                     "invalid_value",
                 )
         if result.value is not None and not math.isfinite(result.value):
-            raise ServiceError(422, "value must be finite", "invalid_value")
+            raise InvalidRequest("value must be finite", "invalid_value")
         try:
             done = self.tells.finish(trial_id, worker, result, study_id)
         except KeyError:
             raise not_found(f"trial {trial_id} of study {study_id}") from None
         except StaleClaim as e:
-            raise ServiceError(409, str(e), "trial_finished") from None
+            raise Conflict(str(e), "trial_finished") from None
         st = self.store.get_study(study_id)
         if st is not None and self._exhausted(st):
             self.settle(study_id)
@@ -353,34 +506,50 @@ class StudyService:
         if t.state != TrialState.RUNNING or not self.store.heartbeat(
             trial_id, worker or t.worker or ""
         ):
-            raise ServiceError(
-                409, f"trial {trial_id} is not running for this worker", "not_running"
-            )
+            raise Conflict(f"trial {trial_id} is not running for this worker", "not_running")
 
     # ---------------------------------------------------------------- scheduling
     def settle(self, study_id: int) -> None:
-        """Finish a study whose budget or trial count is used up, once nothing is running."""
+        """Finish a study whose budget or trial count is used up, once nothing is running;
+        fail one whose last ``max_consecutive_failures`` trials all failed."""
         st = self.store.get_study(study_id)
         if st is None or st.state != StudyState.RUNNING:
             return
         why = self._exhausted(st)
         counts = self.store.trial_counts(study_id)
+        max_failures = st.spec.max_consecutive_failures
+        if st.n_failed >= max_failures:
+            trials = self.store.list_trials(study_id, states=list(FINISHED))
+            streak = consecutive_failures(trials)
+            if streak >= max_failures:
+                last = next(
+                    (
+                        t.error
+                        for t in sorted(trials, key=lambda t: t.finished_at or 0.0)[::-1]
+                        if t.state == TrialState.FAILED and t.error
+                    ),
+                    "no error recorded",
+                )
+                if counts[TrialState.WAITING]:
+                    self.store.cancel_waiting(study_id, "cancelled: the study failed")
+                self.store.set_study_state(
+                    study_id,
+                    StudyState.FAILED,
+                    [StudyState.RUNNING],
+                    error=(
+                        f"{streak} trials failed in a row (max_consecutive_failures="
+                        f"{max_failures}); last: {last}"
+                    )[:2000],
+                )
+                self.stop_reasons[study_id] = "failed"
+                return
         if why == "budget spent" and counts[TrialState.WAITING]:
             self.store.cancel_waiting(study_id, f"cancelled: {why}")
             counts = self.store.trial_counts(study_id)
         in_flight = counts[TrialState.WAITING] + counts[TrialState.RUNNING]
         if why and not in_flight:
+            self.stop_reasons[study_id] = "budget" if why == "budget spent" else "max_trials"
             self.store.set_study_state(study_id, StudyState.COMPLETED, [StudyState.RUNNING])
-            return
-        if st.n_failed >= MAX_FAILED_BEFORE_GIVING_UP and st.n_complete == 0 and not in_flight:
-            last = self.store.list_trials(study_id, states=[TrialState.FAILED])
-            err = next((t.error for t in reversed(last) if t.error), "every trial failed")
-            self.store.set_study_state(
-                study_id,
-                StudyState.FAILED,
-                [StudyState.RUNNING],
-                error=f"{st.n_failed} trials failed; last: {err}"[:2000],
-            )
 
     def fill(self, study_id: int) -> None:
         """Keep ``parallelism`` trials of a managed study waiting or running."""
@@ -423,7 +592,9 @@ class StudyService:
                 self.fill(st.id)
             except ServiceError as e:
                 log.warning("study %s: %s", st.id, e.message)
-                if e.status in (403, 422):  # its pipeline or optimizer is gone: say so
+                if isinstance(
+                    e, Forbidden | InvalidRequest
+                ):  # its pipeline or optimizer is gone: say so
                     self.store.set_study_state(
                         st.id, StudyState.FAILED, [StudyState.RUNNING], error=e.message
                     )

@@ -1,31 +1,56 @@
-"""The local tuning loop: ask the optimizer, run the pipeline through the cache, tell it.
+"""Tuning a pipeline in this process: the study service over a store, with an in-process
+executor (``api.execution.inprocess``).
 
-``tune`` runs one trial at a time in this process and keeps the history in memory. Each
-finished trial is handed to the ``sinks`` (plain callables), which is where a persistent trial
-store plugs in later without this loop knowing about it.
+There is one trial path. ``tune`` (the benchmarks' entrance) and ``eeipu tune`` create a study
+in a trial store (an in-memory one, or the database of ``eeipu tune --db``) and drive it
+exactly as the server's scheduler and workers drive a study with parallelism 1: the same
+conversion of trials into optimizer inputs, the same budget rule, the same failure rule.
 
 Budget accounting: a trial costs what it really paid, the compute of the stages it ran plus
 the time to load the cached prefix it reused. A trial is never started when its predicted
-cost exceeds the remaining budget plus ``margin``; the actual spend, and by how much it went
-over the budget, are reported.
+cost (the optimizer's; when it gives none, the largest full-run cost seen so far), with that
+of the trials already running, exceeds the remaining budget plus ``margin``; the actual
+spend, and by how much it went over the budget, are reported.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from eeipu.base import BudgetState, CachedPrefix, Observation, Optimizer, Params, mean_cost_after
+from api.config import Settings
+from api.errors import ServiceError
+from api.execution.inprocess import InProcessExecutor
+from api.execution.runner import book_of
+from api.service import StudyRequest, StudyService, stage_cost
+from api.store import Study, StudyState, Trial, TrialState, TrialStore, open_store
+from cache import StageCache
+from eeipu.base import CachedPrefix, Optimizer, Params
+from pipelines import Pipeline
 
-__all__ = ["TrialResult", "TrialSink", "TuneResult", "cached_prefixes", "tune"]
+__all__ = [
+    "MEMORY_STORE",
+    "StudyFailed",
+    "StudyRun",
+    "TrialSink",
+    "TrialSummary",
+    "TuneResult",
+    "cached_prefixes",
+    "tune",
+]
+
+MEMORY_STORE = "memory://"  # an in-memory trial store (SQLite, one shared connection)
+UNLIMITED = 1e9  # the budget, in seconds, of a count-only run (the largest a study may have)
 
 
 @dataclass
-class TrialResult:
-    """One finished trial, as the loop saw it (what a trial store persists)."""
+class TrialSummary:
+    """One finished trial as a tuning run reports it (a view of the store's ``Trial``)."""
 
     number: int
     params: Params
@@ -40,18 +65,23 @@ class TrialResult:
     best_value: float | None  # best so far, after this trial
     phase: str
     ask_seconds: float
-    error: str | None = None
+    error: str | None = None  # why it failed; for a COMPLETE trial, a note (e.g. not cached)
+    trial_id: int | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.value is None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-TrialSink = Callable[[TrialResult], None]
+TrialSink = Callable[[TrialSummary], None]
 
 
 @dataclass
 class TuneResult:
-    """A finished tuning run."""
+    """A finished (or interrupted) tuning run."""
 
     pipeline: str
     optimizer: str
@@ -59,15 +89,17 @@ class TuneResult:
     direction: str
     budget: float
     margin: float
-    trials: list[TrialResult] = field(default_factory=list)
+    trials: list[TrialSummary] = field(default_factory=list)
     stop_reason: str = ""
     seconds: float = 0.0
+    study_id: int | None = None
+    state: str = ""
 
     @property
     def cost_spent(self) -> float:
         return sum(t.cost_paid for t in self.trials)
 
-    def best(self) -> TrialResult | None:
+    def best(self) -> TrialSummary | None:
         ok = [t for t in self.trials if t.value is not None]
         if not ok:
             return None
@@ -88,7 +120,7 @@ class TuneResult:
             "best_trial": best.number if best else None,
             "best_metrics": dict(best.metrics) if best else None,
             "n_trials": len(self.trials),
-            "n_failed": sum(t.error is not None for t in self.trials),
+            "n_failed": sum(t.failed for t in self.trials),
             "n_trials_reusing_cache": sum(t.reused_depth > 0 for t in self.trials),
             "cost_spent": spent,
             "budget": self.budget if math.isfinite(self.budget) else None,
@@ -100,6 +132,14 @@ class TuneResult:
         }
 
 
+class StudyFailed(RuntimeError):
+    """The study failed (e.g. too many trials failed in a row); ``result`` is what it did."""
+
+    def __init__(self, message: str, result: TuneResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 def _median(xs: Sequence[float]) -> float | None:
     if not xs:
         return None
@@ -108,7 +148,9 @@ def _median(xs: Sequence[float]) -> float | None:
     return s[m] if len(s) % 2 else 0.5 * (s[m - 1] + s[m])
 
 
-def cached_prefixes(pipeline: Any, cache: Any, seed: int | None = None) -> list[CachedPrefix]:
+def cached_prefixes(
+    pipeline: Pipeline, cache: StageCache | None, seed: int | None = None
+) -> list[CachedPrefix]:
     """What the cache holds for this pipeline, as the optimizer's plain data."""
     if cache is None:
         return []
@@ -118,12 +160,125 @@ def cached_prefixes(pipeline: Any, cache: Any, seed: int | None = None) -> list[
     ]
 
 
+class StudyRun:
+    """A study driven in this process: ``run()`` to its end, ``interrupt()`` to stop it
+    resumably (the trial in hand goes back to WAITING).
+
+    Args:
+        store: the trial store (in memory, or a database shared with servers).
+        pipeline: the pipeline object; ``req.pipeline`` is how it is named in the store.
+        req: the study's options.
+        cache: the stage cache (``None``: nothing is cached or reused).
+        optimizer: an optimizer instance to use instead of one built from ``req``.
+        sinks: called with every finished trial.
+        budget: the run's budget as the caller sees it (``inf`` for count-only runs).
+    """
+
+    def __init__(
+        self,
+        store: TrialStore,
+        pipeline: Pipeline,
+        req: StudyRequest,
+        cache: StageCache | None = None,
+        optimizer: Optimizer | None = None,
+        sinks: Sequence[TrialSink] = (),
+        budget: float | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        self.store = store
+        self.pipeline = pipeline
+        settings = settings or Settings(
+            db_url="sqlite://", max_budget_seconds=UNLIMITED, max_trials_limit=10_000_000
+        )
+        self.service = StudyService(
+            store, settings, cache=cache, pipelines={req.pipeline: pipeline}
+        )
+        self.study: Study = self.service.create_study(req, optimizer)
+        self.executor = InProcessExecutor(self.service, settings.heartbeat_interval)
+        self.sinks = list(sinks)
+        spec = self.study.spec
+        self.result = TuneResult(
+            pipeline=pipeline.name,
+            optimizer=spec.optimizer,
+            objective=spec.objective,
+            direction=spec.direction,
+            budget=spec.budget_seconds if budget is None else budget,
+            margin=float(req.budget_margin),
+            study_id=self.study.id,
+        )
+        self.stop = threading.Event()
+        self._best: float | None = None
+        self._t0 = time.perf_counter()
+
+    @property
+    def study_id(self) -> int:
+        return self.study.id
+
+    def _summarise(self, done: Trial) -> None:
+        t = self.store.get_trial(done.id, with_stages=True) or done
+        st = self.store.get_study(t.study_id)
+        phases = book_of(st.optimizer_state if st else None).get("phases") or {}
+        ok = t.state == TrialState.COMPLETE and t.value is not None
+        value = float(t.value) if ok and t.value is not None else None
+        sign = 1.0 if self.result.direction == "maximize" else -1.0
+        if value is not None and (self._best is None or sign * value > sign * self._best):
+            self._best = value
+        paid = float(t.cost_seconds or 0.0)
+        s = TrialSummary(
+            number=t.number,
+            params=t.params,
+            value=value,
+            metrics=dict(t.metrics or {}),
+            reused_depth=int(t.reused_depth or 0),
+            planned_reuse=int(t.reuse_depth),
+            stage_costs=[stage_cost(x) for x in t.stages or []],
+            cost_paid=paid,
+            predicted_cost=t.predicted_cost,
+            cumulative_cost=self.result.cost_spent + paid,
+            best_value=self._best,
+            phase=str(phases.get(str(t.number), "model")),
+            ask_seconds=self.service.ask_seconds.get(t.id, 0.0),
+            error=t.error,
+            trial_id=t.id,
+        )
+        self.result.trials.append(s)
+        for sink in self.sinks:
+            sink(s)
+
+    def _finish(self, reason: str | None = None) -> TuneResult:
+        st = self.service.get_study(self.study.id)
+        self.result.state = st.state.value
+        self.result.stop_reason = reason or self.service.stop_reasons.get(st.id, st.state.value)
+        self.result.seconds = time.perf_counter() - self._t0
+        return self.result
+
+    def run(self) -> TuneResult:
+        """Drive the study to its end; ``StudyFailed`` if it failed."""
+        state = self.executor.drive(self.study.id, self._summarise, self.stop)
+        res = self._finish()
+        if state == StudyState.FAILED:
+            err = self.service.get_study(self.study.id).error or "the study failed"
+            res.stop_reason = f"failed: {err}"
+            raise StudyFailed(err, res)
+        return res
+
+    def interrupt(self, reason: str) -> TuneResult:
+        """Stop the study resumably: the trial in hand goes back, the study is ``stopped``."""
+        self.stop.set()
+        try:
+            self.executor.release_current(reason)
+        finally:
+            with contextlib.suppress(ServiceError):  # already finished: nothing to stop
+                self.service.stop_study(self.study.id)
+        return self._finish(reason)
+
+
 def tune(
-    pipeline: Any,
+    pipeline: Pipeline,
     optimizer: Optimizer,
     budget: float,
     *,
-    cache: Any = None,
+    cache: StageCache | None = None,
     max_trials: int | None = None,
     objective: str | None = None,
     margin: float = 0.0,
@@ -132,6 +287,8 @@ def tune(
     max_consecutive_failures: int = 5,
 ) -> TuneResult:
     """Tune ``pipeline`` with ``optimizer`` until the budget or ``max_trials`` runs out.
+
+    A study over an in-memory trial store, run in this process (see the module docstring).
 
     Args:
         pipeline: a ``pipelines.Pipeline``.
@@ -143,8 +300,13 @@ def tune(
         margin: allowed overshoot; a trial predicted to exceed ``remaining + margin`` is
             not started.
         run_seed: the pipeline run seed (part of every cache key).
-        sinks: called with every finished trial (e.g. to persist it).
-        max_consecutive_failures: give up after this many failed trials in a row.
+        sinks: called with every finished trial (e.g. to show progress).
+        max_consecutive_failures: the study fails (``StudyFailed``) after this many failed
+            trials in a row.
+
+    Raises:
+        ValueError: a bad argument, or an objective the pipeline does not report.
+        StudyFailed: too many trials failed in a row.
     """
     if not budget > 0:
         raise ValueError(f"budget must be positive, got {budget}")
@@ -154,84 +316,26 @@ def tune(
         raise ValueError(f"max_trials must be >= 1, got {max_trials}")
     if not math.isfinite(budget) and max_trials is None:
         raise ValueError("an unlimited budget needs max_trials")
-    objective = objective or pipeline.objective
-    sign = 1.0 if optimizer.direction == "maximize" else -1.0
-    res = TuneResult(pipeline.name, optimizer.name, objective, optimizer.direction, budget, margin)
-    history: list[Observation] = []
-    spent = warm = 0.0
-    best: float | None = None
-    failures = 0
-    t_start = time.perf_counter()
-    while True:
-        if max_trials is not None and len(res.trials) >= max_trials:
-            res.stop_reason = "max_trials"
-            break
-        remaining = budget - spent
-        if remaining <= 0:
-            res.stop_reason = "budget"
-            break
-        state = BudgetState(total=budget, spent=spent, warmup_spent=warm, margin=margin)
-        t0 = time.perf_counter()
-        cands = optimizer.ask(1, history, (), cached_prefixes(pipeline, cache, run_seed), state)
-        ask_s = time.perf_counter() - t0
-        if not cands:
-            res.stop_reason = "no candidate fits the remaining budget"
-            break
-        cand = cands[0]
-        pred = cand.predicted_cost
-        if pred is None:
-            pred = mean_cost_after(history, cand.reuse_depth)
-        if pred is not None and pred > remaining + margin:
-            res.stop_reason = "next trial's predicted cost exceeds the remaining budget"
-            break
-        phase = str(cand.info.get("phase", "model"))
+    req = StudyRequest(
+        pipeline=pipeline.name,
+        optimizer=optimizer.name,
+        budget_seconds=budget if math.isfinite(budget) else UNLIMITED,
+        max_trials=max_trials,
+        objective=objective,
+        direction=optimizer.direction,
+        seed=optimizer.seed,
+        parallelism=1,
+        run_seed=run_seed,
+        budget_margin=margin,
+        max_consecutive_failures=max_consecutive_failures,
+        name="tune",
+    )
+    store = open_store(MEMORY_STORE, pool_size=1)
+    try:
         try:
-            rec = pipeline.run(cand.params, cache=cache, seed=run_seed)
-            v = float(rec.metrics[objective])
-            if not math.isfinite(v):
-                raise ValueError(f"objective {objective!r} is not finite: {v}")
-            value: float | None = v
-            error = None
-            failures = 0
-        except KeyError:
-            raise ValueError(
-                f"objective {objective!r} is not a metric of {pipeline.name}"
-            ) from None
-        except Exception as e:  # a failed trial is recorded and the search goes on
-            failures += 1
-            if failures >= max_consecutive_failures:
-                raise
-            rec, value, error = None, None, f"{type(e).__name__}: {e}"
-        if rec is not None:
-            costs = [s.original_cost_seconds if s.hit else s.cost_seconds for s in rec.stages]
-            paid, depth, metrics = rec.total_cost_seconds, rec.reused_depth, rec.metrics
-            params = rec.params
-        else:
-            costs, paid, depth, metrics, params = [], 0.0, 0, {}, cand.params
-        spent += paid
-        if phase == "warmup":
-            warm += paid
-        if value is not None and (best is None or sign * value > sign * best):
-            best = value
-        history.append(Observation(params, value, costs, depth, paid))
-        trial = TrialResult(
-            number=len(res.trials),
-            params=params,
-            value=value,
-            metrics=dict(metrics),
-            reused_depth=depth,
-            planned_reuse=cand.reuse_depth,
-            stage_costs=costs,
-            cost_paid=paid,
-            predicted_cost=cand.predicted_cost,
-            cumulative_cost=spent,
-            best_value=best,
-            phase=phase,
-            ask_seconds=ask_s,
-            error=error,
-        )
-        res.trials.append(trial)
-        for sink in sinks:
-            sink(trial)
-    res.seconds = time.perf_counter() - t_start
-    return res
+            run = StudyRun(store, pipeline, req, cache, optimizer, sinks, budget=budget)
+        except ServiceError as e:
+            raise ValueError(e.message) from None
+        return run.run()
+    finally:
+        store.close()

@@ -19,7 +19,12 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from api.execution.runner import execute_trial, open_cache_cached, resolve_pipeline
+from api.execution.runner import (
+    execute_trial,
+    open_cache_cached,
+    resolve_pipeline,
+    run_seed_of,
+)
 from api.store import StaleClaim, TrialResult, TrialState, TrialStore, open_store
 
 log = logging.getLogger("eeipu.worker")
@@ -100,7 +105,9 @@ class Worker:
             try:
                 pipe = resolve_pipeline(study.spec.pipeline, self.allowed_modules)
                 cache = open_cache_cached(self.cache, self.cache_max_bytes)
-                result = execute_trial(pipe, t.params, cache, study.spec.objective)
+                result = execute_trial(
+                    pipe, t.params, cache, study.spec.objective, run_seed_of(study)
+                )
             except Exception as e:
                 result = TrialResult(TrialState.FAILED, error=f"{type(e).__name__}: {e}")
             try:

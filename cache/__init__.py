@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from cache.backends import CacheBackend, FsspecBackend, LocalBackend, backend_for
 from cache.format import CorruptEntry
-from cache.keys import canonical_params, root_key, stage_key
+from cache.keys import InvalidKey, canonical_params, check_key, root_key, stage_key
 from cache.store import EntryInfo, Hit, StageCache
 
 __all__ = [
@@ -17,10 +17,12 @@ __all__ = [
     "EntryInfo",
     "FsspecBackend",
     "Hit",
+    "InvalidKey",
     "LocalBackend",
     "StageCache",
     "backend_for",
     "canonical_params",
+    "check_key",
     "open_cache",
     "root_key",
     "stage_key",

@@ -11,7 +11,10 @@ written and read as raw bytes (no copy through the pickle stream: a hit costs ab
 * the header carries a keyed BLAKE2b MAC over itself and over the pickle bytes, keyed by the
   cache's own secret: the store only unpickles files it wrote itself (pickles run code);
 * every raw buffer carries an XXH3-64 checksum, verified chunk by chunk while it is read, so a
-  corrupted or truncated entry is detected and never returned.
+  corrupted or truncated entry is detected and never returned;
+* the file's length must be exactly what the header implies (a cut anywhere, even in the
+  trailing padding, or appended bytes are corruption), and the header names its own key, so
+  an authentic entry filed under another key's name is refused, never served as that key.
 """
 
 from __future__ import annotations
@@ -87,8 +90,10 @@ def encode(obj: Any, meta: dict[str, Any], secret: bytes) -> Encoded:
     return Encoded(header, chunks, header["payload_bytes"])
 
 
-def read_header(f: BinaryIO, secret: bytes) -> tuple[dict[str, Any], int]:
-    """Read and authenticate the header; return it and the offset of the pickle bytes."""
+def read_header(f: BinaryIO, secret: bytes, key: str | None = None) -> tuple[dict[str, Any], int]:
+    """Read and authenticate the header; return it and the offset of the pickle bytes.
+
+    With ``key``, the header must name that key (files can be renamed; MACs do not see it)."""
     first = _read_exact(f, len(MAGIC) + 8)
     if first[: len(MAGIC)] != MAGIC:
         raise CorruptEntry("bad magic: not an eeipu cache entry")
@@ -104,14 +109,16 @@ def read_header(f: BinaryIO, secret: bytes) -> tuple[dict[str, Any], int]:
     body = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     if not hmac.compare_digest(mac, _mac(secret, body)):
         raise CorruptEntry("header MAC mismatch (corrupted, or written by another cache)")
+    if key is not None and header.get("meta", {}).get("key") != key:
+        raise CorruptEntry("entry belongs to another key (file renamed or copied)")
     off = len(first) + hlen
     _skip(f, _pad(off))
     return header, off + _pad(off)
 
 
-def decode(f: BinaryIO, secret: bytes) -> tuple[Any, dict[str, Any]]:
+def decode(f: BinaryIO, secret: bytes, key: str | None = None) -> tuple[Any, dict[str, Any]]:
     """Read a whole entry, verifying everything before anything is unpickled."""
-    header, off0 = read_header(f, secret)
+    header, off0 = read_header(f, secret, key)
     plen = int(header["pickle_len"])
     data = _read_exact(f, plen)
     if not hmac.compare_digest(header["pickle_mac"], _mac(secret, data)):
@@ -137,6 +144,7 @@ def decode(f: BinaryIO, secret: bytes) -> tuple[Any, dict[str, Any]]:
             _skip(f, _pad(n))
         off += n + _pad(n)
         bufs.append(mv)
+    _check_length(f, fd, off)
     try:
         obj = pickle.loads(data, buffers=bufs)
     except Exception as e:  # authenticated but unloadable (e.g. class moved)
@@ -184,6 +192,16 @@ def _pread_verify(fd: int, mv: memoryview, offset: int, seg: int, hashes: list[s
     ok = [job(0)] if n_seg == 1 else list(_POOL.map(job, range(n_seg)))
     if not all(ok):
         raise CorruptEntry("buffer truncated or checksum mismatch")
+
+
+def _check_length(f: BinaryIO, fd: int | None, end: int) -> None:
+    """The file must end exactly where the header says the entry ends."""
+    if fd is not None:
+        size = os.fstat(fd).st_size
+        if size != end:
+            raise CorruptEntry(f"entry is {size} bytes, its header says {end}")
+    elif f.read(1):
+        raise CorruptEntry("trailing bytes after the entry")
 
 
 def _fill(f: BinaryIO, mv: memoryview, chunk: int = CHUNK) -> Iterator[memoryview]:

@@ -70,6 +70,9 @@ class Param(ABC):
         return value
 
 
+INT_LIMIT = 2**40  # |bound| of an Int: its unit map stays exact far below 2**53
+
+
 def _clip01(u: float) -> float:
     return 0.0 if u < 0.0 else 1.0 if u > 1.0 else u
 
@@ -94,6 +97,8 @@ class Float(Param):
             raise ValueError(f"Float bounds must be finite, got [{self.low}, {self.high}]")
         if not self.low < self.high:
             raise ValueError(f"Float needs low < high, got [{self.low}, {self.high}]")
+        if not math.isfinite(self.high - self.low):  # the affine map would give inf and nan
+            raise ValueError(f"Float span high - low overflows, got [{self.low}, {self.high}]")
         if self.log and self.low <= 0:
             raise ValueError(f"log-scale Float needs low > 0, got {self.low}")
 
@@ -146,6 +151,11 @@ class Int(Param):
             raise ValueError(f"Int bounds must be integers, got [{self.low}, {self.high}]")
         if not self.low < self.high:
             raise ValueError(f"Int needs low < high, got [{self.low}, {self.high}]")
+        if max(abs(self.low), abs(self.high)) > INT_LIMIT:
+            raise ValueError(
+                f"Int bounds must lie within +-2**40 (beyond, an integer does not map to the unit"
+                f" interval and back exactly), got [{self.low}, {self.high}]"
+            )
         if self.log and self.low <= 0:
             raise ValueError(f"log-scale Int needs low > 0, got {self.low}")
 

@@ -93,6 +93,7 @@ class StageRecord:
     bytes: int
     original_cost_seconds: float  # what computing it cost when it was first computed
     skipped: bool = False  # covered by a deeper cached prefix: neither loaded nor computed
+    cache_error: str | None = None  # why the computed output was not stored (e.g. disk full)
 
 
 @dataclass
@@ -109,6 +110,12 @@ class RunRecord:
     wall_seconds: float
     events: list[str] = field(default_factory=list)
 
+    @property
+    def cache_errors(self) -> list[str]:
+        """Why stage outputs of this run were not cached: the run still counts, but those
+        stages will be recomputed next time."""
+        return [f"{r.stage}: {r.cache_error}" for r in self.stages if r.cache_error]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -123,6 +130,10 @@ class Pipeline:
         direction: ``"maximize"`` or ``"minimize"``.
         fingerprint: identity of the pipeline's input data (a string, or a zero-argument
             callable evaluated lazily); it is part of the root key.
+        metrics: every metric name the last stage reports (default: just ``objective``);
+            the valid objectives, and what a run checks the last stage's report against.
+        defaults: a recommended configuration (``{stage: {param: value}}``, every stage), or
+            none; shown by ``describe`` and validated against the space here.
     """
 
     def __init__(
@@ -133,6 +144,8 @@ class Pipeline:
         direction: str = "maximize",
         fingerprint: str | Callable[[], str] = "",
         description: str = "",
+        metrics: Sequence[str] | None = None,
+        defaults: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
@@ -141,14 +154,25 @@ class Pipeline:
             raise ValueError(f"stage names must be unique, got {names}")
         if direction not in ("maximize", "minimize"):
             raise ValueError(f"direction must be 'maximize' or 'minimize', got {direction!r}")
+        declared = (objective,) if metrics is None else tuple(metrics)
+        if isinstance(metrics, str) or not all(isinstance(m, str) and m for m in declared):
+            raise ValueError(f"metrics must be a sequence of non-empty names, got {metrics!r}")
+        if len(set(declared)) != len(declared):
+            raise ValueError(f"metric names must be unique, got {list(declared)}")
+        if objective not in declared:
+            raise ValueError(f"objective {objective!r} is not among the metrics {list(declared)}")
         self.name = name
         self.stages = list(stages)
+        self.metrics: tuple[str, ...] = declared
         self.objective = objective
         self.direction = direction
         self._fingerprint = fingerprint
         self._fp_value: str | None = fingerprint if isinstance(fingerprint, str) else None
         self.description = description
         self.space = SearchSpace([(s.name, s.space) for s in self.stages])
+        self.defaults: dict[str, dict[str, Scalar]] = (
+            self.canonical(defaults) if defaults is not None else {}
+        )
 
     @property
     def fingerprint(self) -> str:
@@ -156,6 +180,14 @@ class Pipeline:
             assert callable(self._fingerprint)
             self._fp_value = str(self._fingerprint())
         return self._fp_value
+
+    def check_objective(self, name: str) -> None:
+        """Raise ``ValueError`` unless ``name`` is one of this pipeline's metrics."""
+        if not isinstance(name, str) or name not in self.metrics:
+            raise ValueError(
+                f"objective {name!r} is not a metric of {self.name}; "
+                f"its metrics are {list(self.metrics)}"
+            )
 
     @property
     def stage_names(self) -> list[str]:
@@ -168,6 +200,8 @@ class Pipeline:
             "objective": self.objective,
             "direction": self.direction,
             "description": self.description,
+            "metrics": list(self.metrics),
+            "defaults": {k: dict(v) for k, v in self.defaults.items()},
             "stages": [
                 {
                     "name": s.name,
@@ -325,7 +359,7 @@ class Pipeline:
                 )
                 return rec, hit.value
             out, cost = compute()
-            info = cache.put(
+            info, cache_error = cache.try_put(
                 key,
                 out,
                 pipeline=self.name,
@@ -335,7 +369,9 @@ class Pipeline:
                 compute_cost=cost,
                 extra={"version": stage.version, "depth": i + 1},
             )
-        return StageRecord(stage.name, key, False, cost, 0.0, info.bytes, cost), out
+        size = info.bytes if info is not None else 0
+        rec = StageRecord(stage.name, key, False, cost, 0.0, size, cost, cache_error=cache_error)
+        return rec, out
 
     def _metrics(self, value: Any) -> dict[str, float]:
         if not isinstance(value, Mapping):
@@ -352,6 +388,14 @@ class Pipeline:
             raise KeyError(
                 f"pipeline {self.name!r}: objective {self.objective!r} missing from the last "
                 f"stage's metrics {sorted(out)}"
+            )
+        undeclared = sorted(set(out) - set(self.metrics))
+        missing = [m for m in self.metrics if m not in out]
+        if undeclared or missing:
+            raise ValueError(
+                f"pipeline {self.name!r}: the last stage's metrics do not match the declared "
+                f"ones (undeclared: {undeclared}, missing: {missing}); declare every metric "
+                "the last stage reports with Pipeline(..., metrics=...)"
             )
         return out
 

@@ -29,6 +29,7 @@ from typing import Any
 from eeipu.space import Float
 from pipelines.core import Cost, Pipeline, Stage
 
+SYNTHETIC_METRICS = ("value", "raw_sum")  # what the last stage reports
 SYNTHETIC_LOAD_SECONDS = 0.01  # declared cost of loading one cached synthetic stage output
 
 _HART_A = [[3.0, 10.0, 30.0], [0.1, 10.0, 35.0], [3.0, 10.0, 30.0], [0.1, 10.0, 35.0]]
@@ -127,6 +128,7 @@ def synthetic_pipeline(n_stages: int = 3, seed: int = 0, costs: str = "declared"
         stages,
         objective="value",
         direction="maximize",
+        metrics=SYNTHETIC_METRICS,
         fingerprint=f"synthetic-{n_stages}-{seed}{suffix}",
         description=(
             f"-(Beale + Hartmann-3 + Branin ...) over {n_stages} stages with declared, "

@@ -14,7 +14,12 @@ def register(sub: Any) -> None:
     p.add_argument("pipeline", help="built-in name or package.module:attribute")
     p.add_argument("--params", help='JSON {"stage": {"param": value}}; omit with --random')
     p.add_argument("--random", action="store_true", help="sample a random configuration")
-    p.add_argument("--seed", type=int, default=None, help="run seed (part of the cache key)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="run seed, part of the cache key; also seeds --random (default: none)",
+    )
     p.add_argument("--no-reuse", action="store_true", help="recompute every stage")
     p.add_argument("--json", action="store_true", help="print the record as one JSON line")
     add_cache_arg(p)
@@ -24,6 +29,8 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipelines import get_pipeline
 
+    if args.params is not None and args.random:
+        raise ValueError("give --params or --random, not both")
     pipe = get_pipeline(args.pipeline)
     if args.params is not None:
         params = parse_json_arg(args.params, "--params")
@@ -31,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
         params = pipe.space.sample(random.Random(args.seed))
     else:
         raise ValueError("give --params JSON (or --random)")
+    if not isinstance(params, dict):
+        raise ValueError('--params must be a JSON object {"stage": {"param": value}}')
     cache = open_cache_from(args)
     rec = pipe.run(params, cache=cache, seed=args.seed, reuse=not args.no_reuse)
     if args.json:

@@ -1,15 +1,28 @@
 """``eeipu studies list|show|best``: look at studies, through a server or straight from the store.
 
-``--server URL`` asks a running service over HTTP; otherwise the store at ``--db`` (default:
-the embedded SQLite file) is read directly, so this works without a server too.
+``--server URL`` asks a running service through ``api.client``; otherwise the store at
+``--db`` (default: the embedded SQLite file) is read directly, so this works without a server.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
-from api.cli.common import emit_json
+from api.cli.common import add_db_arg, db_url_from, emit_json
+
+
+def _study_id(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a study id is a positive integer, got {text!r}"
+        ) from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"a study id is a positive integer, got {v}")
+    return v
 
 
 def register(sub: Any) -> None:
@@ -22,65 +35,54 @@ def register(sub: Any) -> None:
     ):
         q = ssub.add_parser(name, help=help_)
         if name != "list":
-            q.add_argument("study_id", type=int)
+            q.add_argument("study_id", type=_study_id)
         else:
-            q.add_argument("--state", choices=("running", "completed", "stopped", "failed"))
+            q.add_argument(
+                "--state",
+                choices=("running", "completed", "stopped", "failed"),
+                help="only studies in this state (default: all)",
+            )
         q.add_argument("--server", default=None, help="service URL (default: read --db)")
-        q.add_argument("--db", default=None, help="database URL (default: $EEIPU_DB or SQLite)")
+        q.add_argument(
+            "--token",
+            default=None,
+            help="the server's API token (default: $EEIPU_API_TOKEN)",
+        )
+        add_db_arg(q, "database URL, read when no --server is given")
         q.add_argument("--json", action="store_true", help="print one JSON line")
         q.set_defaults(func=globals()[f"_{name}"])
 
 
 class _Source:
-    """The same three reads, over HTTP or from the store."""
+    """The same reads, through ``api.client.Client`` or straight from the store."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.server = args.server
+        self.client: Any = None
         self.store: Any = None
-        if not self.server:
-            from api.config import default_db
+        if args.server is not None:
+            from api.client import Client
+
+            token = args.token or os.environ.get("EEIPU_API_TOKEN") or None
+            self.client = Client(args.server, token=token)
+        else:
             from api.store import open_store
 
-            self.store = open_store(args.db or default_db())
-
-    def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
-        import httpx
-
-        try:
-            r = httpx.get(self.server.rstrip("/") + path, params=params, timeout=30)
-        except httpx.TransportError as e:
-            raise ValueError(f"cannot reach {self.server}: {e}") from None
-        if r.status_code >= 400:
-            try:
-                msg = r.json().get("message", r.text)
-            except ValueError:
-                msg = r.text
-            raise ValueError(f"{r.status_code}: {msg}")
-        return r.json()
+            self.store = open_store(db_url_from(args))
 
     def studies(self, state: str | None) -> list[dict[str, Any]]:
         from api.schemas import study_out
         from api.store import StudyState
 
-        if self.server:
-            out, offset = [], 0
-            while True:
-                params: dict[str, Any] = {"offset": offset, "limit": 1000}
-                if state:
-                    params["state"] = state
-                page = self._get("/v1/studies", params)
-                out += page["items"]
-                if page["next_offset"] is None:
-                    return out
-                offset = page["next_offset"]
+        if self.client is not None:
+            return [s.to_dict() for s in self.client.studies(state)]
         st = StudyState(state) if state else None
         return [study_out(s) for s in self.store.list_studies(st, limit=1_000_000)]
 
     def study(self, sid: int) -> dict[str, Any]:
         from api.schemas import study_out
 
-        if self.server:
-            return dict(self._get(f"/v1/studies/{sid}"))
+        if self.client is not None:
+            return dict(self.client.study(sid).to_dict())
         s = self.store.get_study(sid)
         if s is None:
             raise ValueError(f"study {sid} not found")
@@ -89,19 +91,13 @@ class _Source:
     def trials(self, sid: int) -> list[dict[str, Any]]:
         from api.schemas import trial_out
 
-        if self.server:
-            out, offset = [], 0
-            while True:
-                page = self._get(f"/v1/studies/{sid}/trials", {"offset": offset, "limit": 1000})
-                out += page["items"]
-                if page["next_offset"] is None:
-                    return out
-                offset = page["next_offset"]
+        if self.client is not None:
+            return [t.to_dict() for t in self.client.trials(sid)]
         return [trial_out(t) for t in self.store.list_trials(sid)]
 
     def best(self, sid: int) -> dict[str, Any]:
-        if self.server:
-            return dict(self._get(f"/v1/studies/{sid}/best"))
+        if self.client is not None:
+            return dict(self.client.best(sid).to_dict())
         s = self.study(sid)
         if s["best_trial_id"] is None:
             raise ValueError(f"study {sid} has no completed trial yet")
@@ -118,6 +114,8 @@ class _Source:
     def close(self) -> None:
         if self.store is not None:
             self.store.close()
+        if self.client is not None:
+            self.client.close()
 
 
 def _line(s: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 from typing import Any
 
@@ -29,14 +30,20 @@ def register(sub: Any) -> None:
         help="allowed overshoot in seconds: a trial predicted to exceed the remaining "
         "budget by more is not started",
     )
+    p.add_argument(
+        "--max-consecutive-failures",
+        type=int,
+        default=5,
+        help="the study fails after this many failed trials in a row (1..1000)",
+    )
     p.add_argument("--n-warmup", type=int, default=10, help="random trials before the models")
     p.add_argument(
         "--db",
         nargs="?",
         const="",
         default=None,
-        help="also persist the study and its trials in the trial store at this URL "
-        "(bare --db: the embedded SQLite file)",
+        help="run the study in the trial store at this URL (bare --db: the embedded SQLite "
+        "file) instead of in memory; servers and `eeipu studies` see it",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
@@ -44,9 +51,19 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: stop the study resumably, like Ctrl-C (a ``BaseException``, so no
+    ``except Exception`` of a stage or of the trial runner records it as a failed trial)."""
+
+
+def _on_sigterm(*_: Any) -> None:
+    raise Terminated()
+
+
 def run(args: argparse.Namespace) -> int:
-    from api.tuning import TrialResult, tune
-    from eeipu import make_optimizer
+    from api.service import StudyRequest
+    from api.store import open_store
+    from api.tuning import MEMORY_STORE, StudyFailed, StudyRun, TrialSummary, TuneResult
     from pipelines import get_pipeline
 
     if not (args.budget > 0):
@@ -57,32 +74,35 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--budget-margin must be >= 0, got {args.budget_margin}")
     if args.n_warmup < 1:
         raise ValueError(f"--n-warmup must be >= 1, got {args.n_warmup}")
+    if not 1 <= args.max_consecutive_failures <= 1000:
+        raise ValueError("--max-consecutive-failures must be between 1 and 1000")
+    if not math.isfinite(args.budget) and args.max_trials is None:
+        raise ValueError("an unlimited --budget needs --max-trials")
     pipe = get_pipeline(args.pipeline)
-    direction = args.direction or pipe.direction
+    objective = args.objective or pipe.objective
+    pipe.check_objective(objective)  # before any work: ValueError, exit 2
     cache = open_cache_from(args)
-    opt = make_optimizer(
-        args.optimizer, pipe.space, direction=direction, seed=args.seed, n_warmup=args.n_warmup
+    url = MEMORY_STORE
+    if args.db is not None:
+        from api.config import default_db
+
+        url = args.db = args.db or default_db()
+    req = StudyRequest(
+        pipeline=args.pipeline,
+        optimizer=args.optimizer,
+        budget_seconds=args.budget if math.isfinite(args.budget) else 1e9,
+        max_trials=args.max_trials,
+        objective=objective,
+        direction=args.direction,
+        seed=args.seed,
+        parallelism=1,
+        name="eeipu tune",
+        run_seed=args.run_seed,
+        budget_margin=args.budget_margin,
+        max_consecutive_failures=args.max_consecutive_failures,
+        optimizer_options={"n_warmup": args.n_warmup},
     )
     sinks: list[Any] = []
-    recorder = None
-    if args.db is not None:  # the trial store records the run as a sink of ``tune``
-        from api.config import default_db
-        from api.store.recorder import StudyRecorder
-
-        args.db = args.db or default_db()
-        recorder = StudyRecorder(
-            args.db,
-            args.pipeline,
-            pipe,
-            opt,
-            args.budget,
-            args.objective,
-            direction,
-            args.seed,
-            args.max_trials,
-            args.run_seed,
-        )
-        sinks.append(recorder)
     bar = None
     if not args.no_progress:
         from tqdm import tqdm
@@ -100,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             ),
         )
 
-        def progress(t: TrialResult) -> None:
+        def progress(t: TrialSummary) -> None:
             assert bar is not None
             step = t.cost_paid
             if bar.total is not None:  # an overshooting last trial fills the bar, no more:
@@ -110,32 +130,37 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix(trials=t.number + 1, best=best, reused=t.reused_depth)
 
         sinks.append(progress)
+    store = open_store(url, pool_size=2)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    rc = 0
     try:
-        res = tune(
-            pipe,
-            opt,
-            args.budget,
-            cache=cache,
-            max_trials=args.max_trials,
-            objective=args.objective,
-            margin=args.budget_margin,
-            run_seed=args.run_seed,
-            sinks=sinks,
-        )
-    except BaseException as e:
-        if recorder is not None:
-            recorder.close(failed=f"{type(e).__name__}: {e}")
-        raise
+        study = None
+        try:
+            study = StudyRun(store, pipe, req, cache, sinks=sinks, budget=args.budget)
+            res: TuneResult = study.run()
+        except StudyFailed as e:
+            res, rc = e.result, 1
+            sys.stderr.write(f"eeipu: study failed: {e}\n")
+        except (KeyboardInterrupt, Terminated) as e:
+            if study is None:
+                raise
+            term = isinstance(e, Terminated)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop at a time
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            res = study.interrupt("interrupted by " + ("SIGTERM" if term else "SIGINT"))
+            rc = 143 if term else 130
+            sys.stderr.write(f"eeipu: interrupted; study {study.study_id} is stopped (resumable)\n")
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if bar is not None:
             bar.close()
+        store.close()
     out = res.summary()
-    if recorder is not None:
-        recorder.close()
-        out["db"] = {"url": args.db, "study_id": recorder.study_id}
+    if args.db is not None:
+        out["db"] = {"url": args.db, "study_id": res.study_id, "state": res.state}
     if args.json:
         emit_json(out)
-        return 0
+        return rc
     print(
         f"{out['optimizer']} on {out['pipeline']}: {out['n_trials']} trials "
         f"({out['n_trials_reusing_cache']} reused a cached prefix), "
@@ -146,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     for stage, params in (out["best_params"] or {}).items():
         print(f"  {stage}: {params}")
     _print_metrics(out.get("best_metrics") or {})
-    return 0
+    return rc
 
 
 REFERENCES = ("retrained", "original")

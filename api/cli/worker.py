@@ -10,18 +10,37 @@ import argparse
 import signal
 from typing import Any
 
-from api.cli.common import emit_json
+from api.cli.common import add_db_arg, cache_location, db_url_from, emit_json
 from api.config import Settings
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("worker", help="run trials from the trial store (separate workers)")
-    p.add_argument("--db", default=None, help="database URL (default: $EEIPU_DB or SQLite)")
-    p.add_argument("--cache", default=None, help="cache directory or fsspec URL (shared)")
-    p.add_argument("--cache-max-bytes", type=int, default=None)
-    p.add_argument("--study", type=int, default=None, help="only trials of this study")
-    p.add_argument("--max-trials", type=int, default=None, help="exit after this many trials")
-    p.add_argument("--idle-exit", type=float, default=None, help="exit after idle seconds")
+    add_db_arg(p, "the server's database URL")
+    p.add_argument(
+        "--cache",
+        default=None,
+        help="cache directory or fsspec URL, shared with the server (default: $EEIPU_CACHE or "
+        "./eeipu-data/cache)",
+    )
+    p.add_argument(
+        "--cache-max-bytes",
+        type=int,
+        default=None,
+        help="cache size budget in bytes (default: $EEIPU_CACHE_MAX_BYTES or unlimited)",
+    )
+    p.add_argument(
+        "--study", type=int, default=None, help="only trials of this study (default: any study)"
+    )
+    p.add_argument(
+        "--max-trials", type=int, default=None, help="exit after this many trials (default: never)"
+    )
+    p.add_argument(
+        "--idle-exit",
+        type=float,
+        default=None,
+        help="exit after this many idle seconds (default: never)",
+    )
     p.add_argument("--json", action="store_true", help="print a summary as one JSON line")
     p.set_defaults(func=run)
 
@@ -33,12 +52,17 @@ def run(args: argparse.Namespace) -> int:
     s = Settings()
     if args.max_trials is not None and args.max_trials < 1:
         raise ValueError("--max-trials must be >= 1")
-    if args.idle_exit is not None and args.idle_exit < 0:
+    if args.idle_exit is not None and not args.idle_exit >= 0:
         raise ValueError("--idle-exit must be >= 0")
-    store = open_store(args.db or s.db_url, pool_size=2)
+    if args.study is not None and args.study < 1:
+        raise ValueError(f"--study must be a positive study id, got {args.study}")
+    if args.cache_max_bytes is not None and args.cache_max_bytes < 1:
+        raise ValueError(f"--cache-max-bytes must be >= 1, got {args.cache_max_bytes}")
+    cache = cache_location(args) if args.cache is not None else s.cache
+    store = open_store(db_url_from(args) if args.db is not None else s.db_url, pool_size=2)
     w = Worker(
         store,
-        args.cache or s.cache,
+        cache,
         args.cache_max_bytes or s.cache_max_bytes,
         s.allowed_pipeline_modules,
         s.heartbeat_interval,

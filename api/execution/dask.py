@@ -15,7 +15,7 @@ from typing import Any
 
 from api.config import Settings
 from api.execution import Executor
-from api.execution.runner import result_from_dict, run_trial_task
+from api.execution.runner import result_from_dict, run_seed_of, run_trial_task
 from api.store import StaleClaim, Trial, TrialResult, TrialState, TrialStore
 from api.worker import new_worker_id
 
@@ -62,6 +62,7 @@ class DaskExecutor(Executor):
             s.cache,
             s.cache_max_bytes,
             list(s.allowed_pipeline_modules),
+            run_seed_of(study),
             key=f"eeipu-trial-{t.id}-{t.attempts}",
             pure=False,
         )

@@ -7,16 +7,33 @@ from __future__ import annotations
 
 import math
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from api.store import StageRun, TrialResult, TrialState
+from api.store import StageRun, Study, TrialResult, TrialState
+from cache import StageCache
+from pipelines import Pipeline, RunRecord
 
-_pipelines: dict[tuple[str, tuple[str, ...]], Any] = {}
-_caches: dict[tuple[str, int | None], Any] = {}
+# The study's own bookkeeping, saved with the optimizer's state (same transaction, so it is
+# never out of step with the trials): the phase of every trial not proposed by a model (the
+# warm-up's spend is the cost of its trials) and the optimizer's options.
+BOOK = "study"
 
 
-def resolve_pipeline(name: str, allowed_modules: Sequence[str]) -> Any:
+def book_of(state: Mapping[str, Any] | None) -> dict[str, Any]:
+    return dict((state or {}).get(BOOK) or {})
+
+
+def run_seed_of(study: Study) -> int | None:
+    """The study's pipeline run seed (every stage of its trials runs with it)."""
+    return study.spec.run_seed
+
+
+_pipelines: dict[tuple[str, tuple[str, ...]], Pipeline] = {}
+_caches: dict[tuple[str, int | None], StageCache] = {}
+
+
+def resolve_pipeline(name: str, allowed_modules: Sequence[str]) -> Pipeline:
     """The pipeline by name (memoised per process: built-ins load their data once)."""
     from pipelines import get_pipeline
 
@@ -26,7 +43,7 @@ def resolve_pipeline(name: str, allowed_modules: Sequence[str]) -> Any:
     return _pipelines[key]
 
 
-def open_cache_cached(location: str, max_bytes: int | None) -> Any:
+def open_cache_cached(location: str, max_bytes: int | None) -> StageCache:
     from cache import open_cache
 
     key = (location, max_bytes)
@@ -35,12 +52,23 @@ def open_cache_cached(location: str, max_bytes: int | None) -> Any:
     return _caches[key]
 
 
+def cache_notes(rec: RunRecord) -> list[str]:
+    """Why stage outputs computed by this run could not be stored (the run still counts)."""
+    return [f"not cached: {e}" for e in rec.cache_errors]
+
+
 def execute_trial(
-    pipeline: Any, params: dict[str, dict[str, Any]], cache: Any, objective: str
+    pipeline: Pipeline,
+    params: dict[str, dict[str, Any]],
+    cache: StageCache | None,
+    objective: str,
+    seed: int | None = None,
 ) -> TrialResult:
-    """Run ``params`` (reusing the deepest cached prefix); failures become FAILED results."""
+    """Run ``params`` with the run seed ``seed`` (reusing the deepest cached prefix);
+    failures become FAILED results. A stage that computed but could not be cached is a
+    note in ``error`` of a COMPLETE result, not a failure."""
     try:
-        rec = pipeline.run(params, cache=cache, seed=None)
+        rec = pipeline.run(params, cache=cache, seed=seed)
     except Exception as e:
         tb = traceback.format_exc(limit=3)
         return TrialResult(TrialState.FAILED, error=f"{type(e).__name__}: {e}\n{tb}"[:4000])
@@ -69,6 +97,9 @@ def execute_trial(
     elif not math.isfinite(value):
         state, error = TrialState.FAILED, f"objective {objective!r} is not finite ({value})"
         metrics.pop(objective)
+    notes = cache_notes(rec)
+    if notes and state == TrialState.COMPLETE:
+        error = "; ".join(notes)[:4000]
     return TrialResult(
         state=state,
         metrics=metrics,
@@ -87,13 +118,14 @@ def run_trial_task(
     cache_location: str,
     cache_max_bytes: int | None,
     allowed_modules: Sequence[str],
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """A trial as a picklable task (for Dask workers): returns the result as plain data."""
     from dataclasses import asdict
 
     pipe = resolve_pipeline(pipeline_name, allowed_modules)
     cache = open_cache_cached(cache_location, cache_max_bytes)
-    return asdict(execute_trial(pipe, params, cache, objective))
+    return asdict(execute_trial(pipe, params, cache, objective, seed))
 
 
 def result_from_dict(d: dict[str, Any]) -> TrialResult:

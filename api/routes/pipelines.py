@@ -1,44 +1,67 @@
-"""``/v1/pipelines``: the built-in pipelines with their stages and search spaces."""
+"""``/v1/pipelines``: the built-in pipelines with their stages, search spaces and metrics.
+
+A name is resolved by ``pipelines.get_pipeline`` under the operator's allow-list: a
+``module:attribute`` outside it is 403, anything that does not name a pipeline 404.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter, Path
-from fastapi.responses import JSONResponse
 
 from api.deps import ServiceDep
-from api.routes.studies import ERRORS
-from api.service import ServiceError
+from api.errors import Forbidden, NotFound, ServiceError, Unavailable
+from api.routes.studies import errors
+from api.schemas_pipelines import PipelineList, PipelineListItem, PipelineOut
 
 router = APIRouter(prefix="/pipelines", tags=["pipelines"])
 
 
-def _describe(pipe: Any) -> dict[str, Any]:
-    d: dict[str, Any] = dict(pipe.describe())
-    d["space"] = pipe.space.to_dict()
-    return d
+def _load_error(exc: BaseException) -> bool:
+    """Whether the service's error stands for a pipeline that exists but cannot be built."""
+    from pipelines import PipelineLoadError
+
+    seen: BaseException | None = exc
+    for _ in range(5):  # the service re-raises the resolver's error as its own
+        if seen is None:
+            return False
+        if isinstance(seen, PipelineLoadError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
-@router.get("", response_model=None)
-def list_pipelines(svc: ServiceDep) -> Any:
+def _resolve(svc: Any, name: str) -> Any:
+    """The pipeline, or the domain error a client should see for this name."""
+    try:
+        return svc.pipeline(name)
+    except Forbidden:
+        raise
+    except ServiceError as e:
+        if _load_error(e):
+            raise Unavailable(e.message, "pipeline_unavailable") from None
+        raise NotFound(e.message, "unknown_pipeline") from None
+
+
+@router.get("", response_model=PipelineList)
+def list_pipelines(svc: ServiceDep) -> PipelineList:
     from pipelines import builtin_names
 
     items = []
     for name in builtin_names():
         try:
-            items.append(_describe(svc.pipeline(name)))
-        except Exception as e:  # a pipeline whose data is missing is listed with the reason
-            items.append({"name": name, "error": str(e)})
-    return JSONResponse(
-        {"items": items, "allowed_modules": list(svc.settings.allowed_pipeline_modules)}
-    )
+            out = PipelineOut.of(_resolve(svc, name))
+            items.append(PipelineListItem.model_validate(out.model_dump()))
+        except ServiceError as e:  # a pipeline whose data is missing is listed with the reason
+            items.append(PipelineListItem(name=name, error=e.message))
+    return PipelineList(items=items, allowed_modules=list(svc.settings.allowed_pipeline_modules))
 
 
-@router.get("/{name}", responses=ERRORS, response_model=None)
-def get_pipeline(name: str = Path(max_length=300), *, svc: ServiceDep) -> Any:
-    try:
-        pipe = svc.pipeline(name)
-    except ServiceError as e:
-        raise ServiceError(404 if e.status == 422 else e.status, e.message, e.code) from None
-    return JSONResponse(_describe(pipe))
+@router.get(
+    "/{name}",
+    responses=errors(400, 403, 404, 422, 503),
+    response_model=PipelineOut,
+)
+def get_pipeline(name: str = Path(max_length=300), *, svc: ServiceDep) -> PipelineOut:
+    return PipelineOut.of(_resolve(svc, name))

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
 
 from api.deps import ExecutorDep
+from api.routes.studies import READ_ERRORS
+from api.schemas import WorkersOut
 
 router = APIRouter(prefix="/workers", tags=["workers"])
 
 
-@router.get("", response_model=None)
+@router.get("", responses=READ_ERRORS, response_model=WorkersOut)
 def workers(executor: ExecutorDep) -> Any:
-    return JSONResponse(executor.describe())
+    return executor.describe()

@@ -16,7 +16,13 @@ against every backend):
   LOCKED`` on PostgreSQL; a guarded ``UPDATE ... WHERE state = 'WAITING'`` everywhere).
 * ``finish_trial`` and ``heartbeat`` are fenced by the claim: they succeed only while the trial
   is ``RUNNING`` for the same worker (and attempt), so a worker presumed dead cannot overwrite
-  the result of the retry.
+  the result of the retry. A call that names no worker is refused (``StaleClaim``): every
+  RUNNING trial is held by one.
+* Numbers are checked on write (``api.store.values``): a result with a non-finite or
+  out-of-range cost, value or metric, or a stage run whose key is not a cache key, raises
+  ``api.errors.InvalidRequest`` before anything is written. Reads never return a non-finite
+  or absurd float, whatever an older version stored: such values read as None (or 0.0 where
+  the field is not optional) and are left out of sums.
 * ``add_trials`` inserts proposals and saves the optimizer's state in one transaction, guarded
   by the study's ``ask_version`` (compare-and-set): proposals are never lost nor made twice.
 * Study counters (complete, failed, cost spent, best) are updated in the same transaction as
@@ -65,7 +71,8 @@ class StudyState(enum.StrEnum):
 
 
 class StaleClaim(Exception):
-    """The trial is not RUNNING for this worker any more (finished, released or reclaimed)."""
+    """The trial is not RUNNING for this worker (finished, released, reclaimed, or the call
+    did not name the worker that holds it)."""
 
 
 @dataclass
@@ -83,6 +90,9 @@ class StudySpec:
     fixed_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     mode: str = "managed"  # "managed": the service runs trials; "external": ask/tell clients
     name: str | None = None
+    run_seed: int | None = None  # the pipeline run seed, part of every cache key
+    budget_margin: float = 0.0  # allowed overshoot of the budget, in seconds (>= 0)
+    max_consecutive_failures: int = 5  # the study fails after this many failures in a row
 
 
 @dataclass
@@ -100,7 +110,7 @@ class Study:
     best_trial_id: int | None = None
     optimizer_state: dict[str, Any] | None = None
     ask_version: int = 0
-    error: str | None = None
+    error: str | None = None  # why the study stopped or failed (set with its state)
 
     @property
     def trials_done(self) -> int:
@@ -298,19 +308,25 @@ class TrialStore(ABC):
         ``worker`` (of ``study_id`` only, if given; of studies in ``modes``, if given)."""
 
     @abstractmethod
-    def heartbeat(self, trial_id: int, worker: str) -> bool:
-        """Refresh the heartbeat of a trial RUNNING for ``worker``; False if not (any more)."""
+    def heartbeat(self, trial_id: int, worker: str | None) -> bool:
+        """Refresh the heartbeat of a trial RUNNING for ``worker``; False if not (any more).
+
+        Raises:
+            StaleClaim: ``worker`` is None or empty (a heartbeat must name its worker).
+        """
 
     def finish_trial(
         self, trial_id: int, worker: str | None, result: TrialResult, study_id: int | None = None
     ) -> Trial:
-        """Record the end of a RUNNING trial (fenced by ``worker`` unless it is None).
+        """Record the end of a trial RUNNING for ``worker``.
 
         ``study_id``, if given, must be the trial's study (else ``KeyError``).
 
         Raises:
-            StaleClaim: the trial is not RUNNING (for this worker).
+            StaleClaim: the trial is not RUNNING, or not for this worker (None names none).
             KeyError: no such trial.
+            api.errors.InvalidRequest: a number of ``result`` is out of range or not finite,
+                or a stage run's key is not a cache key (nothing is written).
         """
         (res,) = self.finish_trials([(trial_id, worker, result, study_id)])
         if isinstance(res, Exception):
@@ -323,8 +339,8 @@ class TrialStore(ABC):
     ) -> list[Trial | Exception]:
         """``finish_trial`` for many ``(trial_id, worker, result, study_id)`` in ONE
         transaction (one commit: group commit for concurrent tells). Each item gets its
-        finished ``Trial``, or the ``StaleClaim``/``KeyError`` it would have raised; the
-        others are not affected by it."""
+        finished ``Trial``, or the ``StaleClaim``/``KeyError``/``InvalidRequest`` it would have
+        raised; the others are not affected by it."""
 
     @abstractmethod
     def release_trial(

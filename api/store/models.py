@@ -32,6 +32,10 @@ class StudyRow(Base):
     parallelism: Mapped[int] = mapped_column(Integer, default=1)
     fixed_params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     mode: Mapped[str] = mapped_column(String(16), default="managed")
+    # migration 0002: the study options of every cache key and of stopping
+    run_seed: Mapped[int | None] = mapped_column(BigInteger)
+    budget_margin: Mapped[float] = mapped_column(Float, default=0.0)
+    max_consecutive_failures: Mapped[int] = mapped_column(Integer, default=5)
     state: Mapped[str] = mapped_column(String(16), index=True)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)

@@ -3,17 +3,22 @@
 SQLite: WAL journal, a 30 s busy timeout and ``BEGIN IMMEDIATE`` for every write transaction,
 so writers queue for the lock instead of failing with "database is locked" when a read
 transaction tries to upgrade (Optuna #820). PostgreSQL: pre-ping and recycled pooled
-connections (dropped idle connections, Optuna #1347), claims under ``FOR UPDATE SKIP LOCKED``.
+connections (dropped idle connections, Optuna #1347), claims under ``FOR UPDATE SKIP LOCKED``,
+psycopg 3 for every URL spelling, and each store's sessions named (``application_name``).
+Operations cut by a dropped connection are retried (``SQLTrialStore._run``).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Engine,
@@ -31,10 +36,12 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
+from api.errors import InvalidRequest, Unavailable
 from api.store.base import (
     NewTrial,
     StageRun,
@@ -48,94 +55,225 @@ from api.store.base import (
     TrialStore,
 )
 from api.store.models import StageRunRow, StudyRow, TrialRow
+from api.store.values import (
+    MAX_BYTES,
+    MAX_CONSECUTIVE_FAILURES,
+    MAX_INT,
+    MAX_SECONDS,
+    MAX_SEED,
+    MAX_SUM_SECONDS,
+    MAX_TIMESTAMP,
+    MAX_VALUE,
+    check_int,
+    check_json_numbers,
+    check_number,
+    check_optional_number,
+    check_stage_key,
+    clean_json,
+    clean_metrics,
+    finite,
+    json_text,
+    valid_key,
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _WRITE = "eeipu_write"
 
 
-def _study(row: StudyRow) -> Study:
+_MEMORY = "memory://"
+ACCEPTED = (
+    "sqlite:///PATH, memory://, or postgresql://USER@HOST[:PORT]/DB "
+    "(also postgres://, postgresql+psycopg://, postgresql+psycopg2://)"
+)
+
+
+def _f0(x: object, bound: float = MAX_SECONDS) -> float:
+    """A stored non-negative float that cannot be None: out of range reads as 0.0."""
+    return finite(x, bound, 0.0) or 0.0
+
+
+def _int(x: object, default: int = 0) -> int:
+    return x if isinstance(x, int) and not isinstance(x, bool) else default
+
+
+def _study(row: Any, cost_spent: float | None = None) -> Study:
+    """A ``Study`` from a stored row (repairing absurd numbers; see ``api.store.values``).
+
+    ``cost_spent``: the sum to show when the stored one is absurd (the caller recomputes it
+    from the trials); 0.0 if not given."""
+    best = finite(row.best_value, MAX_VALUE)
+    spent = finite(row.cost_spent, MAX_SUM_SECONDS, 0.0)
     return Study(
         id=row.id,
         spec=StudySpec(
             pipeline=row.pipeline,
             optimizer=row.optimizer,
-            budget_seconds=row.budget_seconds,
+            budget_seconds=_f0(row.budget_seconds),
             objective=row.objective,
             direction=row.direction,
             max_trials=row.max_trials,
-            seed=row.seed,
-            parallelism=row.parallelism,
-            fixed_params=dict(row.fixed_params or {}),
+            seed=_int(row.seed),
+            parallelism=_int(row.parallelism, 1),
+            fixed_params=clean_json(dict(row.fixed_params or {})),
             mode=row.mode,
             name=row.name,
+            run_seed=row.run_seed if isinstance(row.run_seed, int) else None,
+            budget_margin=_f0(row.budget_margin),
+            max_consecutive_failures=_int(row.max_consecutive_failures, 5) or 5,
         ),
         state=StudyState(row.state),
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        n_complete=row.n_complete,
-        n_failed=row.n_failed,
-        n_trials=row.n_trials,
-        cost_spent=row.cost_spent,
-        best_value=row.best_value,
-        best_trial_id=row.best_trial_id,
-        optimizer_state=row.optimizer_state,
-        ask_version=row.ask_version,
+        created_at=_f0(row.created_at, MAX_TIMESTAMP),
+        updated_at=_f0(row.updated_at, MAX_TIMESTAMP),
+        n_complete=_int(row.n_complete),
+        n_failed=_int(row.n_failed),
+        n_trials=_int(row.n_trials),
+        cost_spent=spent if spent is not None else (cost_spent or 0.0),
+        best_value=best,
+        best_trial_id=row.best_trial_id if best is not None else None,
+        optimizer_state=clean_json(row.optimizer_state),
+        ask_version=_int(row.ask_version),
         error=row.error,
     )
 
 
-def _trial(row: TrialRow, stages: list[StageRun] | None = None) -> Trial:
+def _trial(row: Any, stages: list[StageRun] | None = None) -> Trial:
     return Trial(
         id=row.id,
         study_id=row.study_id,
         number=row.number,
         state=TrialState(row.state),
-        params=row.params,
-        reuse_depth=row.reuse_depth,
-        predicted_cost=row.predicted_cost,
-        created_at=row.created_at,
-        attempts=row.attempts,
+        params=clean_json(row.params),
+        reuse_depth=_int(row.reuse_depth),
+        predicted_cost=finite(row.predicted_cost, MAX_SECONDS, 0.0),
+        created_at=_f0(row.created_at, MAX_TIMESTAMP),
+        attempts=_int(row.attempts),
         worker=row.worker,
-        heartbeat_at=row.heartbeat_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        metrics=row.metrics,
-        value=row.value,
-        cost_seconds=row.cost_seconds,
-        reused_depth=row.reused_depth,
+        heartbeat_at=finite(row.heartbeat_at, MAX_TIMESTAMP, 0.0),
+        started_at=finite(row.started_at, MAX_TIMESTAMP, 0.0),
+        finished_at=finite(row.finished_at, MAX_TIMESTAMP, 0.0),
+        metrics=clean_metrics(row.metrics),  # type: ignore[arg-type]
+        value=finite(row.value, MAX_VALUE),
+        cost_seconds=finite(row.cost_seconds, MAX_SECONDS, 0.0),
+        reused_depth=row.reused_depth if isinstance(row.reused_depth, int) else None,
         error=row.error,
-        failures=list(row.failures or []),
+        failures=clean_json(list(row.failures or [])),
         stages=stages,
     )
 
 
-def _stage(row: StageRunRow) -> StageRun:
+def _stage(row: Any) -> StageRun:
     return StageRun(
         stage=row.stage,
-        position=row.position,
-        key=row.key,
-        hit=row.hit,
-        cost_seconds=row.cost_seconds,
-        load_seconds=row.load_seconds,
-        bytes=row.bytes,
-        original_cost_seconds=row.original_cost_seconds,
+        position=_int(row.position),
+        key=row.key if valid_key(row.key) else None,
+        hit=bool(row.hit),
+        cost_seconds=_f0(row.cost_seconds),
+        load_seconds=_f0(row.load_seconds),
+        bytes=_int(row.bytes) if 0 <= _int(row.bytes) <= MAX_BYTES else 0,
+        original_cost_seconds=_f0(row.original_cost_seconds),
     )
 
 
-def make_engine(url: str, pool_size: int = 10) -> Engine:
+def _check_spec(spec: StudySpec) -> None:
+    check_number("budget_seconds", spec.budget_seconds, MAX_SECONDS)
+    if spec.budget_seconds <= 0:
+        raise InvalidRequest("budget_seconds must be > 0", "invalid_number")
+    check_number("budget_margin", spec.budget_margin, MAX_SECONDS)
+    check_int(
+        "max_consecutive_failures", spec.max_consecutive_failures, 1, MAX_CONSECUTIVE_FAILURES
+    )
+    if spec.run_seed is not None:
+        check_int("run_seed", spec.run_seed, -MAX_SEED, MAX_SEED)
+    check_int("seed", spec.seed, -(2**31), 2**31 - 1)
+    check_int("parallelism", spec.parallelism, 1, 2**31 - 1)
+    if spec.max_trials is not None:
+        check_int("max_trials", spec.max_trials, 0, 2**31 - 1)
+    check_json_numbers("fixed_params", spec.fixed_params)
+
+
+def _check_result(result: TrialResult) -> None:
+    """Refuse a result with an absurd number or key (``InvalidRequest``; see ``values``)."""
+    if result.state not in (TrialState.COMPLETE, TrialState.FAILED):
+        raise InvalidRequest("a trial can only finish as COMPLETE or FAILED", "invalid_state")
+    check_number("cost_seconds", result.cost_seconds, MAX_SECONDS)
+    check_optional_number("value", result.value, MAX_VALUE, None)
+    if not isinstance(result.metrics, Mapping):
+        raise InvalidRequest("metrics must be a mapping of names to numbers", "invalid_number")
+    for k, v in result.metrics.items():
+        if not isinstance(k, str):
+            raise InvalidRequest(f"metric name {k!r} is not a string", "invalid_number")
+        check_number(f"metric {k[:80]!r}", v, MAX_VALUE, None)
+    check_int("reused_depth", result.reused_depth, 0, MAX_INT)
+    for sr in result.stages:
+        check_int("stage position", sr.position, 0, 2**31 - 1)
+        for name in ("cost_seconds", "load_seconds", "original_cost_seconds"):
+            check_number(f"stage {str(sr.stage)[:80]!r} {name}", getattr(sr, name), MAX_SECONDS)
+        check_int(f"stage {str(sr.stage)[:80]!r} bytes", sr.bytes, 0, MAX_BYTES)
+        check_stage_key(sr.key)
+
+
+def normalize_url(url: object) -> URL:
+    """The SQLAlchemy URL of a store URL, on the drivers the project ships.
+
+    PostgreSQL in every spelling (``postgresql://``, ``postgres://``, ``postgresql+psycopg2://``,
+    ``postgresql+psycopg://``) runs on psycopg 3; ``memory://`` is SQLite in memory.
+
+    Raises:
+        InvalidRequest: not one of the accepted forms (``ACCEPTED``).
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidRequest(f"empty database URL: use {ACCEPTED}", "invalid_url")
+    if url == _MEMORY:
+        return make_url("sqlite://")
+    try:
+        u = make_url(url)
+    except Exception:  # ArgumentError, ValueError: the text is no URL at all
+        raise InvalidRequest(
+            f"malformed database URL {url[:80]!r}: use {ACCEPTED}", "invalid_url"
+        ) from None
+    name = u.drivername
+    if name in ("sqlite", "sqlite+pysqlite"):
+        return u.set(drivername="sqlite")
+    if name in ("postgresql", "postgres", "postgresql+psycopg2", "postgresql+psycopg"):
+        if not u.database:
+            raise InvalidRequest(
+                f"database URL {u.render_as_string()!r} names no database: use {ACCEPTED}",
+                "invalid_url",
+            )
+        return u.set(drivername="postgresql+psycopg")
+    raise InvalidRequest(
+        f"unsupported database URL {u.render_as_string()!r}: use {ACCEPTED}", "invalid_url"
+    )
+
+
+def _one_line(e: BaseException) -> str:
+    """The first line of a driver error, without SQLAlchemy's SQL and help-link text."""
+    orig = getattr(e, "orig", None) or e
+    text_ = str(orig).strip().splitlines()
+    return text_[0] if text_ else type(orig).__name__
+
+
+def make_engine(url: str, pool_size: int = 10, application_name: str | None = None) -> Engine:
     """An engine tuned for the store's access pattern (see the module docstring)."""
-    u = make_url(url)
+    u = normalize_url(url)
     if u.get_backend_name() == "sqlite":
         memory = u.database in (None, "", ":memory:")
         if not memory and u.database:
-            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise Unavailable(
+                    f"database unavailable: cannot make the folder of {u.database!r}: "
+                    f"{e.strerror or e}",
+                    "db_unavailable",
+                ) from None
         kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
         if memory:
-            kwargs["poolclass"] = StaticPool
+            kwargs["poolclass"] = StaticPool  # one connection: the database lives in it
         else:
             kwargs["pool_size"] = pool_size
             kwargs["max_overflow"] = 2 * pool_size
-        engine = create_engine(url, **kwargs)
+        engine = create_engine(u, **kwargs)
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -154,15 +292,17 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
-    if u.get_backend_name() == "postgresql":
-        return create_engine(
-            url,
-            pool_pre_ping=True,
-            pool_recycle=1800,
-            pool_size=pool_size,
-            max_overflow=2 * pool_size,
-        )
-    raise ValueError(f"unsupported database URL {u.render_as_string()!r}: use sqlite or postgresql")
+    connect_args: dict[str, Any] = {"connect_timeout": 10}
+    if application_name:
+        connect_args["application_name"] = application_name
+    return create_engine(
+        u,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        pool_size=pool_size,
+        max_overflow=2 * pool_size,
+        connect_args=connect_args,
+    )
 
 
 def migrate(engine: Engine) -> None:
@@ -179,22 +319,63 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+_T = TypeVar("_T")
+_RETRIES = 6
+_names = itertools.count()
+
+
 class SQLTrialStore(TrialStore):
     """``TrialStore`` on SQLAlchemy; see ``api.store.base`` for the contract.
 
+    Every operation runs through ``_run``: a connection the server dropped (a restart, a
+    killed backend) is retried on a fresh one. A retry after a failure at commit cannot
+    know whether the commit happened, so each write re-runs with ``retry=True`` and then
+    first looks for its own effect, recognised by the timestamp it wrote (taken once, before
+    the first try): a claim, tell or release is never applied twice nor reported lost.
+
     Args:
-        url: ``sqlite:///path.db`` or ``postgresql://user@host/db``.
+        url: ``sqlite:///path.db``, ``memory://`` or ``postgresql://user@host/db``.
         run_migrations: apply Alembic migrations on open (the service always does).
         pool_size: pooled connections (the API server's thread pool plus its scheduler).
+
+    Raises:
+        InvalidRequest: ``url`` is not an accepted form.
+        Unavailable: the database cannot be reached (when migrating on open).
     """
 
     def __init__(self, url: str, run_migrations: bool = True, pool_size: int = 10) -> None:
         self.url = url
-        self.engine = make_engine(url, pool_size=pool_size)
+        u = normalize_url(url)
+        self.memory = u.get_backend_name() == "sqlite" and u.database in (None, "", ":memory:")
+        # names this store's PostgreSQL sessions (pg_stat_activity), e.g. to find or end them
+        self.application_name = f"eeipu-store-{os.getpid()}-{next(_names)}"
+        self.engine = make_engine(url, pool_size=pool_size, application_name=self.application_name)
         self._wengine = self.engine.execution_options(**{_WRITE: True})
         self.dialect = self.engine.dialect.name
-        if run_migrations:
-            migrate(self.engine)
+        # one shared in-memory connection: one operation at a time (its transactions would
+        # interleave otherwise)
+        self._lock: threading.RLock | None = threading.RLock() if self.memory else None
+        self.retries = 0  # operations re-run after a dropped connection
+        if run_migrations or self.memory:  # a new in-memory database has no schema yet
+            self._run(lambda _retry: migrate(self.engine))
+
+    def _run(self, fn: Callable[[bool], _T]) -> _T:
+        """``fn(retry)``, re-run on a fresh connection when the server dropped the last one."""
+        for attempt in range(_RETRIES + 1):
+            try:
+                with self._lock if self._lock is not None else nullcontext():
+                    return fn(attempt > 0)
+            except DBAPIError as e:
+                if e.connection_invalidated and attempt < _RETRIES:
+                    self.retries += 1
+                    time.sleep(0.02 * (attempt + 1))
+                    continue
+                if e.connection_invalidated or isinstance(e, OperationalError):
+                    raise Unavailable(
+                        f"database unavailable: {_one_line(e)}", "db_unavailable"
+                    ) from None
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # ---------------------------------------------------------------- sessions
     @contextmanager
@@ -207,57 +388,106 @@ class SQLTrialStore(TrialStore):
         with Session(self._wengine, expire_on_commit=False) as s, s.begin():
             yield s
 
+    def _spent(self, c: Any, study_id: int) -> float:
+        """A study's summed cost recomputed from its trials (sane costs only): shown when
+        the stored sum is absurd (an older version added an absurd cost to it)."""
+        q = select(func.sum(TrialRow.cost_seconds)).where(
+            TrialRow.study_id == study_id,
+            TrialRow.cost_seconds >= 0.0,
+            TrialRow.cost_seconds <= MAX_SECONDS,
+        )
+        return finite(c.execute(q).scalar(), MAX_SUM_SECONDS, 0.0) or 0.0
+
+    def _studies(self, c: Any, rows: Sequence[Any]) -> list[Study]:
+        return [
+            _study(
+                r,
+                None
+                if finite(r.cost_spent, MAX_SUM_SECONDS, 0.0) is not None
+                else self._spent(c, r.id),
+            )
+            for r in rows
+        ]
+
     # ---------------------------------------------------------------- studies
     def create_study(self, spec: StudySpec, optimizer_state: dict[str, Any] | None) -> Study:
+        _check_spec(spec)
+        check_json_numbers("optimizer_state", optimizer_state)
         now = time.time()
-        row = StudyRow(
-            name=spec.name,
-            pipeline=spec.pipeline,
-            optimizer=spec.optimizer,
-            objective=spec.objective,
-            direction=spec.direction,
-            budget_seconds=spec.budget_seconds,
-            max_trials=spec.max_trials,
-            seed=spec.seed,
-            parallelism=spec.parallelism,
-            fixed_params=spec.fixed_params,
-            mode=spec.mode,
-            state=StudyState.RUNNING.value,
-            created_at=now,
-            updated_at=now,
-            n_trials=0,
-            n_complete=0,
-            n_failed=0,
-            cost_spent=0.0,
-            optimizer_state=optimizer_state,
-            ask_version=0,
-        )
-        with self._write() as s:
-            s.add(row)
-            s.flush()
-            return _study(row)
+
+        def go(retry: bool) -> Study:
+            with self._write() as s:
+                if retry:  # the lost try may have committed: find the study it made
+                    old = s.scalars(
+                        select(StudyRow).where(
+                            StudyRow.created_at == now, StudyRow.pipeline == spec.pipeline
+                        )
+                    ).first()
+                    if old is not None:
+                        return _study(old)
+                row = StudyRow(
+                    name=spec.name,
+                    pipeline=spec.pipeline,
+                    optimizer=spec.optimizer,
+                    objective=spec.objective,
+                    direction=spec.direction,
+                    budget_seconds=spec.budget_seconds,
+                    max_trials=spec.max_trials,
+                    seed=spec.seed,
+                    parallelism=spec.parallelism,
+                    fixed_params=spec.fixed_params,
+                    mode=spec.mode,
+                    run_seed=spec.run_seed,
+                    budget_margin=float(spec.budget_margin),
+                    max_consecutive_failures=spec.max_consecutive_failures,
+                    state=StudyState.RUNNING.value,
+                    created_at=now,
+                    updated_at=now,
+                    n_trials=0,
+                    n_complete=0,
+                    n_failed=0,
+                    cost_spent=0.0,
+                    optimizer_state=optimizer_state,
+                    ask_version=0,
+                )
+                s.add(row)
+                s.flush()
+                return _study(row)
+
+        return self._run(go)
 
     def get_study(self, study_id: int) -> Study | None:
         # The API's hottest read: a Core select of the mapped table (no Session, no identity
         # map); the row carries its own counters, so this is the whole answer.
         q = select(StudyRow.__table__).where(StudyRow.__table__.c.id == study_id)
-        with self.engine.connect() as c:
-            row: Any = c.execute(q).one_or_none()  # a Row: same attribute names as StudyRow
-        return _study(row) if row is not None else None
+
+        def go(_retry: bool) -> Study | None:
+            with self.engine.connect() as c:
+                row: Any = c.execute(q).one_or_none()  # a Row: same names as StudyRow
+                return self._studies(c, [row])[0] if row is not None else None
+
+        return self._run(go)
 
     def list_studies(
         self, state: StudyState | None = None, limit: int = 100, offset: int = 0
     ) -> list[Study]:
-        q = select(StudyRow).order_by(StudyRow.id).limit(limit).offset(offset)
+        q = select(StudyRow.__table__).order_by(StudyRow.id).limit(limit).offset(offset)
         if state is not None:
             q = q.where(StudyRow.state == state.value)
-        with self._read() as s:
-            return [_study(r) for r in s.scalars(q)]
+
+        def go(_retry: bool) -> list[Study]:
+            with self.engine.connect() as c:
+                return self._studies(c, list(c.execute(q)))
+
+        return self._run(go)
 
     def count_studies(self, state: StudyState | None = None) -> int:
         q = select(func.count(StudyRow.id))
         if state is not None:
             q = q.where(StudyRow.state == state.value)
+        return self._run(lambda _r: self._scalar_int(q))
+
+    def _scalar_int(self, q: Any) -> int:
         with self._read() as s:
             return int(s.scalar(q) or 0)
 
@@ -268,19 +498,36 @@ class SQLTrialStore(TrialStore):
         from_states: Sequence[StudyState] | None = None,
         error: str | None = None,
     ) -> bool:
+        """See ``TrialStore``; ``error`` is also where a study keeps why it stopped."""
+        now = time.time()
         q = update(StudyRow).where(StudyRow.id == study_id)
         if from_states is not None:
             q = q.where(StudyRow.state.in_([st.value for st in from_states]))
-        q = q.values(state=state.value, updated_at=time.time(), error=error)
-        with self._write() as s:
-            return bool(s.execute(q).rowcount)  # type: ignore[attr-defined]
+        q = q.values(state=state.value, updated_at=now, error=error)
+
+        def go(retry: bool) -> bool:
+            with self._write() as s:
+                if retry:  # the lost try committed if the row carries its timestamp
+                    done = s.scalar(
+                        select(func.count(StudyRow.id)).where(
+                            StudyRow.id == study_id, StudyRow.updated_at == now
+                        )
+                    )
+                    if done:
+                        return True
+                return bool(s.execute(q).rowcount)  # type: ignore[attr-defined]
+
+        return self._run(go)
 
     def delete_study(self, study_id: int) -> bool:
-        with self._write() as s:
-            s.execute(delete(StageRunRow).where(StageRunRow.study_id == study_id))
-            s.execute(delete(TrialRow).where(TrialRow.study_id == study_id))
-            res = s.execute(delete(StudyRow).where(StudyRow.id == study_id))
-            return bool(res.rowcount)  # type: ignore[attr-defined]
+        def go(_retry: bool) -> bool:
+            with self._write() as s:
+                s.execute(delete(StageRunRow).where(StageRunRow.study_id == study_id))
+                s.execute(delete(TrialRow).where(TrialRow.study_id == study_id))
+                res = s.execute(delete(StudyRow).where(StudyRow.id == study_id))
+                return bool(res.rowcount)  # type: ignore[attr-defined]
+
+        return self._run(go)
 
     # ---------------------------------------------------------------- proposals
     def add_trials(
@@ -290,36 +537,55 @@ class SQLTrialStore(TrialStore):
         optimizer_state: dict[str, Any] | None,
         expected_version: int,
     ) -> list[Trial] | None:
+        for t in trials:
+            check_json_numbers("params", t.params)
+            check_optional_number("predicted_cost", t.predicted_cost, MAX_SECONDS)
+            check_int("reuse_depth", t.reuse_depth, 0, MAX_INT)
+        check_json_numbers("optimizer_state", optimizer_state)
         now = time.time()
-        with self._write() as s:
-            st = s.scalars(
-                select(StudyRow).where(StudyRow.id == study_id).with_for_update()
-            ).one_or_none()
-            if st is None:
-                raise KeyError(f"no study {study_id}")
-            if st.ask_version != expected_version:
-                return None
-            rows = [
-                TrialRow(
-                    study_id=study_id,
-                    number=st.n_trials + i,
-                    state=TrialState.WAITING.value,
-                    params=t.params,
-                    reuse_depth=t.reuse_depth,
-                    predicted_cost=t.predicted_cost,
-                    created_at=now,
-                    attempts=0,
-                    failures=[],
-                )
-                for i, t in enumerate(trials)
-            ]
-            s.add_all(rows)
-            st.n_trials += len(rows)
-            st.ask_version += 1
-            st.optimizer_state = optimizer_state
-            st.updated_at = now
-            s.flush()
-            return [_trial(r) for r in rows]
+
+        def go(retry: bool) -> list[Trial] | None:
+            with self._write() as s:
+                st = s.scalars(
+                    select(StudyRow).where(StudyRow.id == study_id).with_for_update()
+                ).one_or_none()
+                if st is None:
+                    raise KeyError(f"no study {study_id}")
+                if retry and st.ask_version == expected_version + 1:
+                    mine = list(
+                        s.scalars(
+                            select(TrialRow)
+                            .where(TrialRow.study_id == study_id, TrialRow.created_at == now)
+                            .order_by(TrialRow.number)
+                        )
+                    )
+                    if len(mine) == len(trials):  # the lost try committed
+                        return [_trial(r) for r in mine]
+                if st.ask_version != expected_version:
+                    return None
+                rows = [
+                    TrialRow(
+                        study_id=study_id,
+                        number=st.n_trials + i,
+                        state=TrialState.WAITING.value,
+                        params=t.params,
+                        reuse_depth=t.reuse_depth,
+                        predicted_cost=t.predicted_cost,
+                        created_at=now,
+                        attempts=0,
+                        failures=[],
+                    )
+                    for i, t in enumerate(trials)
+                ]
+                s.add_all(rows)
+                st.n_trials += len(rows)
+                st.ask_version += 1
+                st.optimizer_state = optimizer_state
+                st.updated_at = now
+                s.flush()
+                return [_trial(r) for r in rows]
+
+        return self._run(go)
 
     # ---------------------------------------------------------------- trials
     def _stages_of(self, s: Session, trial_ids: Sequence[int]) -> dict[int, list[StageRun]]:
@@ -336,12 +602,15 @@ class SQLTrialStore(TrialStore):
         return out
 
     def get_trial(self, trial_id: int, with_stages: bool = False) -> Trial | None:
-        with self._read() as s:
-            row = s.get(TrialRow, trial_id)
-            if row is None:
-                return None
-            stages = self._stages_of(s, [trial_id])[trial_id] if with_stages else None
-            return _trial(row, stages)
+        def go(_retry: bool) -> Trial | None:
+            with self._read() as s:
+                row = s.get(TrialRow, trial_id)
+                if row is None:
+                    return None
+                stages = self._stages_of(s, [trial_id])[trial_id] if with_stages else None
+                return _trial(row, stages)
+
+        return self._run(go)
 
     def list_trials(
         self,
@@ -361,12 +630,16 @@ class SQLTrialStore(TrialStore):
             q = q.offset(offset)
         if after is not None:
             q = q.where(TrialRow.number > after)
-        with self._read() as s:
-            rows = list(s.scalars(q))
-            if not with_stages:
-                return [_trial(r) for r in rows]
-            stages = self._stages_of(s, [r.id for r in rows])
-            return [_trial(r, stages[r.id]) for r in rows]
+
+        def go(_retry: bool) -> list[Trial]:
+            with self._read() as s:
+                rows = list(s.scalars(q))
+                if not with_stages:
+                    return [_trial(r) for r in rows]
+                stages = self._stages_of(s, [r.id for r in rows])
+                return [_trial(r, stages[r.id]) for r in rows]
+
+        return self._run(go)
 
     _SCALARS = (
         "id",
@@ -395,13 +668,15 @@ class SQLTrialStore(TrialStore):
         offset: int = 0,
         after: int | None = None,
     ) -> list[str]:
-        # Core select, JSON columns cast to text: the stored JSON is spliced into the answer
-        # as it is (no ORM objects, no decode/encode round trip).
+        # Core select, JSON columns cast to text: the stored params and failures are spliced
+        # into the answer as they are (no decode/encode round trip) unless they hold a
+        # non-finite token; the scalars and the (small) metrics go through the same repair
+        # as ``_trial``, so this never emits ``NaN`` or ``Infinity``.
         cols = [getattr(TrialRow, c) for c in self._SCALARS]
         q = select(
             *cols,
             cast(TrialRow.params, Text),
-            cast(TrialRow.metrics, Text),
+            TrialRow.metrics,
             cast(TrialRow.failures, Text),
         ).where(TrialRow.study_id == study_id)
         if states:
@@ -413,18 +688,23 @@ class SQLTrialStore(TrialStore):
             q = q.offset(offset)
         if after is not None:
             q = q.where(TrialRow.number > after)
-        names = self._SCALARS
-        dumps = json.JSONEncoder(separators=(",", ":")).encode
-        out = []
-        with self.engine.connect() as c:
-            for row in c.execute(q):
-                head = dumps(dict(zip(names, row[:-3], strict=True)))
-                params, metrics, failures = row[-3:]
-                out.append(
-                    f'{head[:-1]},"params":{params},"metrics":{metrics or "null"},'
-                    f'"failures":{failures or "[]"}}}'
-                )
-        return out
+        dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+        def go(_retry: bool) -> list[str]:
+            out = []
+            with self.engine.connect() as c:
+                for row in c.execute(q):
+                    t = _trial(row)  # the repaired scalars (JSON columns are replaced below)
+                    head = dumps({n: _scalar(t, n) for n in self._SCALARS})
+                    params, _, failures = row[-3:]
+                    out.append(
+                        f'{head[:-1]},"params":{json_text(params, "{}")},'
+                        f'"metrics":{dumps(t.metrics)},'
+                        f'"failures":{json_text(failures, "[]")}}}'
+                    )
+            return out
+
+        return self._run(go)
 
     def count_trials(
         self,
@@ -437,8 +717,7 @@ class SQLTrialStore(TrialStore):
             q = q.where(TrialRow.number > after)
         if states:
             q = q.where(TrialRow.state.in_([st.value for st in states]))
-        with self._read() as s:
-            return int(s.scalar(q) or 0)
+        return self._run(lambda _r: self._scalar_int(q))
 
     def trial_counts(self, study_id: int) -> dict[TrialState, int]:
         q = (
@@ -446,11 +725,15 @@ class SQLTrialStore(TrialStore):
             .where(TrialRow.study_id == study_id)
             .group_by(TrialRow.state)
         )
-        out = {st: 0 for st in TrialState}
-        with self._read() as s:
-            for state, n in s.execute(q):
-                out[TrialState(state)] = int(n)
-        return out
+
+        def go(_retry: bool) -> dict[TrialState, int]:
+            out = {st: 0 for st in TrialState}
+            with self._read() as s:
+                for state, n in s.execute(q):
+                    out[TrialState(state)] = int(n)
+            return out
+
+        return self._run(go)
 
     def claim_trial(
         self,
@@ -458,6 +741,8 @@ class SQLTrialStore(TrialStore):
         study_id: int | None = None,
         modes: Sequence[str] | None = None,
     ) -> Trial | None:
+        if not isinstance(worker, str) or not worker or len(worker) > 200:
+            raise InvalidRequest("a claim needs a worker id of 1..200 chars", "invalid_worker")
         q = (
             select(TrialRow.id)
             .join(StudyRow, StudyRow.id == TrialRow.study_id)
@@ -471,45 +756,70 @@ class SQLTrialStore(TrialStore):
         if modes is not None:
             q = q.where(StudyRow.mode.in_(list(modes)))
         q = q.order_by(TrialRow.id).limit(1).with_for_update(skip_locked=True, of=TrialRow)
-        for _ in range(20):
-            with self._read() as r:  # most polls find nothing: don't take the write lock
-                if r.scalar(q) is None:
-                    return None
+        now = time.time()  # also the claim's mark: a retry finds a claim that committed
+
+        def go(retry: bool) -> Trial | None:
+            if retry:
+                with self._read() as r:
+                    mine = r.scalars(
+                        select(TrialRow).where(
+                            TrialRow.state == TrialState.RUNNING.value,
+                            TrialRow.worker == worker,
+                            TrialRow.started_at == now,
+                        )
+                    ).first()
+                    if mine is not None:
+                        return _trial(mine)
+            for _ in range(20):
+                with self._read() as r:  # most polls find nothing: don't take the write lock
+                    if r.scalar(q) is None:
+                        return None
+                with self._write() as s:
+                    tid = s.scalar(q)
+                    if tid is None:
+                        return None
+                    res = s.execute(
+                        update(TrialRow)
+                        .where(TrialRow.id == tid, TrialRow.state == TrialState.WAITING.value)
+                        .values(
+                            state=TrialState.RUNNING.value,
+                            worker=worker,
+                            attempts=TrialRow.attempts + 1,
+                            heartbeat_at=now,
+                            started_at=now,
+                        )
+                    )
+                    if res.rowcount != 1:  # type: ignore[attr-defined]
+                        continue  # lost a race (only possible without row locks): try again
+                    row = s.get(TrialRow, tid, populate_existing=True)
+                    assert row is not None
+                    return _trial(row)
+            return None
+
+        return self._run(go)
+
+    def heartbeat(self, trial_id: int, worker: str | None) -> bool:
+        if not worker:
+            held = self.get_trial(trial_id)
+            holder = f" by worker {held.worker!r}" if held is not None and held.worker else ""
+            raise StaleClaim(
+                f"trial {trial_id} is held{holder}: a heartbeat must name the worker holding it"
+            )
+
+        def go(_retry: bool) -> bool:
             with self._write() as s:
-                tid = s.scalar(q)
-                if tid is None:
-                    return None
-                now = time.time()
                 res = s.execute(
                     update(TrialRow)
-                    .where(TrialRow.id == tid, TrialRow.state == TrialState.WAITING.value)
-                    .values(
-                        state=TrialState.RUNNING.value,
-                        worker=worker,
-                        attempts=TrialRow.attempts + 1,
-                        heartbeat_at=now,
-                        started_at=now,
+                    .where(
+                        TrialRow.id == trial_id,
+                        TrialRow.state == TrialState.RUNNING.value,
+                        TrialRow.worker == worker,
                     )
+                    .values(heartbeat_at=time.time())
                 )
-                if res.rowcount != 1:  # type: ignore[attr-defined]
-                    continue  # lost a race (only possible without row locks): try the next
-                row = s.get(TrialRow, tid, populate_existing=True)
-                assert row is not None
-                return _trial(row)
-        return None
+                return bool(res.rowcount)  # type: ignore[attr-defined]
 
-    def heartbeat(self, trial_id: int, worker: str) -> bool:
-        with self._write() as s:
-            res = s.execute(
-                update(TrialRow)
-                .where(
-                    TrialRow.id == trial_id,
-                    TrialRow.state == TrialState.RUNNING.value,
-                    TrialRow.worker == worker,
-                )
-                .values(heartbeat_at=time.time())
-            )
-            return bool(res.rowcount)  # type: ignore[attr-defined]
+        return self._run(go)
 
     def _locked_trial(self, s: Session, trial_id: int) -> TrialRow | None:
         return s.scalars(
@@ -522,10 +832,23 @@ class SQLTrialStore(TrialStore):
     def finish_trials(
         self, items: Sequence[tuple[int, str | None, TrialResult, int | None]]
     ) -> list[Trial | Exception]:
+        checks: list[Exception | None] = []
         for _, _, result, _ in items:
-            if result.state not in (TrialState.COMPLETE, TrialState.FAILED):
-                raise ValueError("a trial can only finish as COMPLETE or FAILED")
-        now = time.time()
+            try:
+                _check_result(result)
+                checks.append(None)
+            except InvalidRequest as e:
+                checks.append(e)
+        now = time.time()  # also the tells' mark: a retry finds a batch that committed
+        return self._run(lambda retry: self._finish(items, checks, now, retry))
+
+    def _finish(
+        self,
+        items: Sequence[tuple[int, str | None, TrialResult, int | None]],
+        checks: Sequence[Exception | None],
+        now: float,
+        retry: bool,
+    ) -> list[Trial | Exception]:
         out: list[Trial | Exception] = []
         # Per trial one guarded UPDATE ... RETURNING (the guard is the claim fence); then all
         # stage runs; then each study's counters as one UPDATE of SQL expressions, last, so
@@ -533,10 +856,15 @@ class SQLTrialStore(TrialStore):
         # commit, and one commit (one fsync) serves the whole batch.
         with self._write() as s:
             done: list[tuple[TrialRow, TrialResult]] = []
-            for trial_id, worker, result, study_id in items:
-                guard = [TrialRow.id == trial_id, TrialRow.state == TrialState.RUNNING.value]
-                if worker is not None:
-                    guard.append(TrialRow.worker == worker)
+            for (trial_id, worker, result, study_id), bad in zip(items, checks, strict=True):
+                if bad is not None:
+                    out.append(bad)
+                    continue
+                guard = [
+                    TrialRow.id == trial_id,
+                    TrialRow.state == TrialState.RUNNING.value,
+                    TrialRow.worker == (worker or ""),  # no worker: holds nothing
+                ]
                 if study_id is not None:
                     guard.append(TrialRow.study_id == study_id)
                 row = s.scalars(
@@ -555,17 +883,33 @@ class SQLTrialStore(TrialStore):
                     .returning(TrialRow)
                     .execution_options(synchronize_session=False)
                 ).one_or_none()
-                if row is None:
-                    cur = s.get(TrialRow, trial_id)
-                    if cur is None or (study_id is not None and cur.study_id != study_id):
-                        out.append(KeyError(f"no trial {trial_id}"))
-                    elif cur.state != TrialState.RUNNING.value:
-                        out.append(StaleClaim(f"trial {trial_id} is {cur.state}, not RUNNING"))
-                    else:
-                        out.append(StaleClaim(f"trial {trial_id} is claimed by another worker"))
+                if row is not None:
+                    done.append((row, result))
+                    out.append(_trial(row, list(result.stages)))
                     continue
-                done.append((row, result))
-                out.append(_trial(row, list(result.stages)))
+                cur = s.get(TrialRow, trial_id)
+                if cur is None or (study_id is not None and cur.study_id != study_id):
+                    out.append(KeyError(f"no trial {trial_id}"))
+                elif (
+                    retry
+                    and cur.finished_at == now
+                    and cur.worker == worker
+                    and cur.state == result.state.value
+                ):  # the lost try committed this tell
+                    out.append(_trial(cur, self._stages_of(s, [cur.id])[cur.id]))
+                elif cur.state != TrialState.RUNNING.value:
+                    out.append(StaleClaim(f"trial {trial_id} is {cur.state}, not RUNNING"))
+                elif not worker:
+                    out.append(
+                        StaleClaim(
+                            f"trial {trial_id} is held by worker {cur.worker!r}: "
+                            "a tell must name the worker holding it"
+                        )
+                    )
+                else:
+                    out.append(
+                        StaleClaim(f"trial {trial_id} is held by another worker, not {worker!r}")
+                    )
             runs = [
                 {
                     "trial_id": row.id,
@@ -573,11 +917,11 @@ class SQLTrialStore(TrialStore):
                     "position": sr.position,
                     "stage": sr.stage,
                     "key": sr.key,
-                    "hit": sr.hit,
-                    "cost_seconds": sr.cost_seconds,
-                    "load_seconds": sr.load_seconds,
+                    "hit": bool(sr.hit),
+                    "cost_seconds": float(sr.cost_seconds),
+                    "load_seconds": float(sr.load_seconds),
                     "bytes": sr.bytes,
-                    "original_cost_seconds": sr.original_cost_seconds,
+                    "original_cost_seconds": float(sr.original_cost_seconds),
                 }
                 for row, result in done
                 for sr in result.stages
@@ -586,8 +930,20 @@ class SQLTrialStore(TrialStore):
                 s.execute(insert(StageRunRow), runs)
             for sid in sorted({row.study_id for row, _ in done}):
                 mine = [(row, r) for row, r in done if row.study_id == sid]
+                add = sum(float(r.cost_seconds) for _, r in mine)
+                sane = and_(StudyRow.cost_spent >= 0.0, StudyRow.cost_spent <= MAX_SUM_SECONDS)
+                # an absurd stored sum (an older version's) is recomputed from sane trials
+                recount = (
+                    select(func.coalesce(func.sum(TrialRow.cost_seconds), 0.0))
+                    .where(
+                        TrialRow.study_id == sid,
+                        TrialRow.cost_seconds >= 0.0,
+                        TrialRow.cost_seconds <= MAX_SECONDS,
+                    )
+                    .scalar_subquery()
+                )
                 values: dict[str, Any] = {
-                    "cost_spent": StudyRow.cost_spent + sum(float(r.cost_seconds) for _, r in mine),
+                    "cost_spent": case((sane, StudyRow.cost_spent + add), else_=recount),
                     "updated_at": now,
                 }
                 ok = [(row.id, r.value) for row, r in mine if r.state == TrialState.COMPLETE]
@@ -600,11 +956,13 @@ class SQLTrialStore(TrialStore):
                 if vals:
                     hi_v, hi_id = max(vals, key=lambda x: x[0])
                     lo_v, lo_id = min(vals, key=lambda x: x[0])
-                    up = or_(
+                    # an absurd stored best (NaN, inf) is replaced as if there were none
+                    none = or_(
                         StudyRow.best_value.is_(None),
-                        StudyRow.best_value < hi_v,
+                        ~StudyRow.best_value.between(-MAX_VALUE, MAX_VALUE),
                     )
-                    down = or_(StudyRow.best_value.is_(None), StudyRow.best_value > lo_v)
+                    up = or_(none, StudyRow.best_value < hi_v)
+                    down = or_(none, StudyRow.best_value > lo_v)
                     is_max = StudyRow.direction == "maximize"
                     # Every SET expression sees the row before the update: both agree.
                     values["best_value"] = case(
@@ -623,36 +981,47 @@ class SQLTrialStore(TrialStore):
     def release_trial(
         self, trial_id: int, worker: str | None, reason: str, max_attempts: int
     ) -> Trial | None:
-        now = time.time()
-        with self._write() as s:
-            row = self._locked_trial(s, trial_id)
-            if row is None or row.state != TrialState.RUNNING.value:
-                return None
-            if worker is not None and row.worker != worker:
-                return None
-            row.failures = [
-                *list(row.failures or []),
-                {"attempt": row.attempts, "worker": row.worker, "reason": reason, "at": now},
-            ]
-            if row.attempts >= max_attempts:
-                st = self._locked_study(s, row.study_id)
-                row.state = TrialState.FAILED.value
-                row.error = f"gave up after {row.attempts} attempts: {reason}"
-                row.finished_at = now
-                st.n_failed += 1
-                st.updated_at = now
-            else:
-                row.state = TrialState.WAITING.value
-                row.worker = None
-                row.heartbeat_at = None
-                row.started_at = None
-            s.flush()
-            return _trial(row)
+        now = time.time()  # also the release's mark (its failure entry): see ``_run``
+
+        def go(retry: bool) -> Trial | None:
+            with self._write() as s:
+                row = self._locked_trial(s, trial_id)
+                if row is None:
+                    return None
+                if retry and row.failures and (row.failures[-1] or {}).get("at") == now:
+                    return _trial(row)  # the lost try committed
+                if row.state != TrialState.RUNNING.value:
+                    return None
+                if worker is not None and row.worker != worker:
+                    return None
+                row.failures = [
+                    *list(row.failures or []),
+                    {"attempt": row.attempts, "worker": row.worker, "reason": reason, "at": now},
+                ]
+                if row.attempts >= max_attempts:
+                    st = self._locked_study(s, row.study_id)
+                    row.state = TrialState.FAILED.value
+                    row.error = f"gave up after {row.attempts} attempts: {reason}"
+                    row.finished_at = now
+                    st.n_failed += 1
+                    st.updated_at = now
+                else:
+                    row.state = TrialState.WAITING.value
+                    row.worker = None
+                    row.heartbeat_at = None
+                    row.started_at = None
+                s.flush()
+                return _trial(row)
+
+        return self._run(go)
 
     def stale_trials(self, heartbeat_before: float) -> list[Trial]:
         q = select(TrialRow).where(
             TrialRow.state == TrialState.RUNNING.value, TrialRow.heartbeat_at < heartbeat_before
         )
+        return self._run(lambda _r: self._trials(q))
+
+    def _trials(self, q: Any) -> list[Trial]:
         with self._read() as s:
             return [_trial(r) for r in s.scalars(q)]
 
@@ -661,36 +1030,64 @@ class SQLTrialStore(TrialStore):
             TrialRow.state == TrialState.RUNNING.value,
             TrialRow.worker.startswith(worker_prefix, autoescape=True),
         )
-        with self._read() as s:
-            return [_trial(r) for r in s.scalars(q)]
+        return self._run(lambda _r: self._trials(q))
 
     def cancel_waiting(self, study_id: int, reason: str) -> int:
         now = time.time()
-        with self._write() as s:
-            st = self._locked_study(s, study_id)
-            res = s.execute(
-                update(TrialRow)
-                .where(TrialRow.study_id == study_id, TrialRow.state == TrialState.WAITING.value)
-                .values(state=TrialState.FAILED.value, error=reason, finished_at=now)
-            )
-            n = int(res.rowcount)  # type: ignore[attr-defined]
-            st.n_failed += n
-            st.updated_at = now
-            return n
+
+        def go(retry: bool) -> int:
+            with self._write() as s:
+                st = self._locked_study(s, study_id)
+                if retry and st.updated_at == now:  # the lost try committed
+                    return int(
+                        s.scalar(
+                            select(func.count(TrialRow.id)).where(
+                                TrialRow.study_id == study_id, TrialRow.finished_at == now
+                            )
+                        )
+                        or 0
+                    )
+                res = s.execute(
+                    update(TrialRow)
+                    .where(
+                        TrialRow.study_id == study_id, TrialRow.state == TrialState.WAITING.value
+                    )
+                    .values(state=TrialState.FAILED.value, error=reason, finished_at=now)
+                )
+                n = int(res.rowcount)  # type: ignore[attr-defined]
+                st.n_failed += n
+                st.updated_at = now
+                return n
+
+        return self._run(go)
 
     def stage_keys(self, study_id: int, computed_only: bool = True) -> list[str]:
+        """Keys of the study's stage runs; a stored key that is not a cache key (an older
+        version's) is skipped: callers use these to delete cache entries."""
         q = select(StageRunRow.key).where(
             StageRunRow.study_id == study_id, StageRunRow.key.is_not(None)
         )
         if computed_only:
             q = q.where(StageRunRow.hit.is_(False))
-        with self._read() as s:
-            return sorted({k for k in s.scalars(q) if k})
+
+        def go(_retry: bool) -> list[str]:
+            with self._read() as s:
+                return sorted({k for k in s.scalars(q) if k is not None and valid_key(k)})
+
+        return self._run(go)
 
     # ---------------------------------------------------------------- lifecycle
     def ping(self) -> None:
-        with self.engine.connect() as c:
-            c.execute(text("SELECT 1"))
+        def go(_retry: bool) -> None:
+            with self.engine.connect() as c:
+                c.execute(text("SELECT 1"))
+
+        self._run(go)
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _scalar(t: Trial, name: str) -> Any:
+    v = getattr(t, name)
+    return v.value if isinstance(v, TrialState) else v

@@ -9,6 +9,7 @@ when older than their time-to-live, so a crashed holder cannot block the others 
 from __future__ import annotations
 
 import contextlib
+import posixpath
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -16,7 +17,8 @@ from typing import Any, BinaryIO, cast
 
 import fsspec
 
-from cache.backends.base import CacheBackend
+from cache.backends.base import CacheBackend, check_relpath
+from cache.keys import InvalidKey
 
 
 class FsspecBackend(CacheBackend):
@@ -31,10 +33,14 @@ class FsspecBackend(CacheBackend):
         self.fs.makedirs(self._p("tmp"), exist_ok=True)
 
     def _p(self, relpath: str) -> str:
-        return f"{self.root}/{relpath}" if relpath else self.root
+        """The full path of ``relpath``, refused unless it stays under the root."""
+        p = posixpath.normpath(f"{self.root}/{check_relpath(relpath)}")
+        if not p.startswith(self.root + "/"):
+            raise InvalidKey(f"cache path {relpath!r} resolves outside the cache root")
+        return p
 
-    def write_atomic(
-        self, relpath: str, chunks: Iterable[bytes | memoryview], durable: bool = True
+    def _write_atomic(
+        self, relpath: str, chunks: Iterable[bytes | memoryview], durable: bool
     ) -> int:
         final = self._p(relpath)
         name = relpath.rsplit("/", 1)[-1]
@@ -47,14 +53,18 @@ class FsspecBackend(CacheBackend):
                 for c in chunks:
                     f.write(c)
                     n += len(c) if isinstance(c, bytes) else c.nbytes
-            self.fs.mv(tmp, final)
+            try:
+                self.fs.mv(tmp, final)
+            except FileNotFoundError:  # gc pruned the (empty) parent meanwhile: once more
+                self.fs.makedirs(parent, exist_ok=True)
+                self.fs.mv(tmp, final)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.fs.rm(tmp)
             raise
         return n
 
-    def open_read(self, relpath: str) -> BinaryIO:
+    def _open_read(self, relpath: str) -> BinaryIO:
         path = self._p(relpath)
         try:
             return cast(BinaryIO, self.fs.open(path, "rb"))
@@ -65,14 +75,14 @@ class FsspecBackend(CacheBackend):
                 raise FileNotFoundError(path) from e
             raise
 
-    def exists(self, relpath: str) -> bool:
+    def _exists(self, relpath: str) -> bool:
         return bool(self.fs.isfile(self._p(relpath)))
 
-    def delete(self, relpath: str) -> None:
+    def _delete(self, relpath: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self._p(relpath))
 
-    def list(self, reldir: str) -> list[tuple[str, int, float]]:
+    def _list(self, reldir: str) -> list[tuple[str, int, float]]:
         base = self._p(reldir)
         try:
             found = self.fs.find(base, detail=True)
@@ -99,11 +109,12 @@ class FsspecBackend(CacheBackend):
         self.fs.makedirs(self._p("locks"), exist_ok=True)
         deadline = time.monotonic() + timeout
         delay = 0.005
+        vanished = 0
         while True:
             try:
                 self.fs.mkdir(path, create_parents=False)
                 break
-            except (FileExistsError, OSError):
+            except (FileExistsError, OSError) as e:
                 try:
                     info = self.fs.info(path)
                     mtime = info.get("mtime") or info.get("created") or time.time()
@@ -112,6 +123,11 @@ class FsspecBackend(CacheBackend):
                             self.fs.rmdir(path)
                         continue
                 except FileNotFoundError:
+                    # Either the holder just released it, or the folder cannot be made at
+                    # all (read-only or full filesystem): say so instead of spinning.
+                    vanished += 1
+                    if vanished >= 3 and not isinstance(e, FileExistsError):
+                        raise e from None
                     continue
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"could not lock {name} within {timeout}s") from None
@@ -123,8 +139,45 @@ class FsspecBackend(CacheBackend):
             with contextlib.suppress(Exception):
                 self.fs.rmdir(path)
 
-    def lock(self, name: str, timeout: float = 600.0) -> contextlib.AbstractContextManager[None]:
+    def _lock(self, name: str, timeout: float) -> contextlib.AbstractContextManager[None]:
         return self._lease(name, timeout)
+
+    def _prune_dirs(self, reldir: str) -> int:
+        base = self._p(reldir)
+        try:
+            found = self.fs.find(base, withdirs=True, detail=True)
+        except FileNotFoundError:
+            return 0
+        dirs = [p for p, i in found.items() if i.get("type") == "directory" and p != base]
+        n = 0
+        for d in sorted(dirs, key=lambda p: p.count("/"), reverse=True):
+            try:
+                if self.fs.ls(d, detail=False):
+                    continue
+                self.fs.rmdir(d)
+                n += 1
+            except (FileNotFoundError, OSError):
+                continue
+        return n
+
+    def cleanup_locks(self) -> int:
+        """Lock folders older than ``lock_ttl`` (what any locker would break anyway)."""
+        now = time.time()
+        n = 0
+        try:
+            found = self.fs.ls(self._p("locks"), detail=True)
+        except FileNotFoundError:
+            return 0
+        for info in found:
+            path = str(info.get("name", ""))
+            if not path.endswith(".lockdir"):
+                continue
+            mtime = info.get("mtime") or info.get("created") or now
+            if now - float(mtime) > self.lock_ttl:
+                with contextlib.suppress(Exception):
+                    self.fs.rmdir(path)
+                    n += 1
+        return n
 
     def cleanup_tmp(self, older_than: float) -> int:
         now = time.time()

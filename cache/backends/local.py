@@ -10,9 +10,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
-from cache.backends.base import CacheBackend
+from cache.backends.base import CacheBackend, check_relpath
+from cache.keys import InvalidKey
 
 
 class LocalBackend(CacheBackend):
@@ -23,16 +24,22 @@ class LocalBackend(CacheBackend):
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(exist_ok=True)
         self.url = str(self.root)
+        self._prefix = str(self.root).rstrip(os.sep) + os.sep
 
     def _p(self, relpath: str) -> Path:
-        return self.root / relpath
+        """The real path of ``relpath``, refused unless it lies inside the root (after
+        resolving symlinks), whatever reached this point."""
+        p = os.path.realpath(os.path.join(self.root, check_relpath(relpath)))
+        if not p.startswith(self._prefix):
+            raise InvalidKey(f"cache path {relpath!r} resolves outside the cache root")
+        return Path(p)
 
-    def write_atomic(
-        self, relpath: str, chunks: Iterable[bytes | memoryview], durable: bool = True
+    def _write_atomic(
+        self, relpath: str, chunks: Iterable[bytes | memoryview], durable: bool
     ) -> int:
         final = self._p(relpath)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / "tmp" / f"{final.name}.{os.getpid()}.{uuid.uuid4().hex}.part"
+        tmp = self._p(f"tmp/{final.name}.{os.getpid()}.{uuid.uuid4().hex}.part")
         n = 0
         try:
             with open(tmp, "wb") as f:
@@ -42,24 +49,28 @@ class LocalBackend(CacheBackend):
                 if durable:
                     f.flush()
                     os.fsync(f.fileno())
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except FileNotFoundError:  # gc pruned the (empty) parent meanwhile: once more
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, final)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
         return n
 
-    def open_read(self, relpath: str) -> BinaryIO:
+    def _open_read(self, relpath: str) -> BinaryIO:
         return open(self._p(relpath), "rb", buffering=0)
 
-    def exists(self, relpath: str) -> bool:
+    def _exists(self, relpath: str) -> bool:
         return self._p(relpath).is_file()
 
-    def delete(self, relpath: str) -> None:
+    def _delete(self, relpath: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._p(relpath).unlink()
 
-    def list(self, reldir: str) -> list[tuple[str, int, float]]:
+    def _list(self, reldir: str) -> list[tuple[str, int, float]]:
         base = self._p(reldir)
         out: list[tuple[str, int, float]] = []
         if not base.is_dir():
@@ -84,10 +95,26 @@ class LocalBackend(CacheBackend):
                         continue
         return out
 
-    def lock(self, name: str, timeout: float = 600.0) -> contextlib.AbstractContextManager[None]:
-        path = self.root / "locks" / f"{name}.lock"
+    def _lock_path(self, name: str) -> Path:
+        return self._p(f"locks/{name}.lock")
+
+    def _lock(self, name: str, timeout: float) -> contextlib.AbstractContextManager[None]:
+        path = self._lock_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         return _FileLockCtx(FileLock(str(path), timeout=timeout))
+
+    def _prune_dirs(self, reldir: str) -> int:
+        top = os.fspath(self._p(reldir))
+        n = 0
+        for d, _, _ in os.walk(top, topdown=False):
+            if d == top:
+                continue
+            try:
+                os.rmdir(d)  # fails (and is skipped) unless the folder is empty
+                n += 1
+            except OSError:
+                continue
+        return n
 
     def cleanup_tmp(self, older_than: float) -> int:
         now = time.time()
@@ -96,6 +123,26 @@ class LocalBackend(CacheBackend):
             if now - mtime >= older_than:
                 self.delete(rel)
                 n += 1
+        return n
+
+    def cleanup_locks(self) -> int:
+        n = 0
+        for rel, _, _ in self.list("locks"):
+            if not rel.endswith(".lock"):
+                continue
+            path = self._p(rel)
+            lock = FileLock(str(path), timeout=0)
+            try:
+                lock.acquire()
+            except (Timeout, OSError):
+                continue  # held by someone (or unreadable): leave it
+            try:
+                # Unlinked while we hold it: a waiter that then gets this inode sees it has no
+                # name any more and takes a fresh file (filelock checks ``st_nlink``).
+                path.unlink(missing_ok=True)
+                n += 1
+            finally:
+                lock.release()
         return n
 
 

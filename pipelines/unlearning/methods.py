@@ -10,8 +10,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from pipelines.unlearning.features import Features
 from pipelines.unlearning.losses import (
+    FORGETMI_TERMS,
     forgetmi_losses,
     forgetmi_objective,
     multidelete_losses,
@@ -35,7 +36,7 @@ from pipelines.unlearning.model import (
     state_cpu,
 )
 
-__all__ = ["METHODS", "Unlearned", "run_method"]
+__all__ = ["INFO_KEYS", "METHODS", "ForgetMIConfig", "Unlearned", "forget_mi", "run_method"]
 
 
 @dataclass
@@ -327,34 +328,58 @@ def _schedule(
 
 
 # ---------------------------------------------------------------- Forget-MI
+@dataclass(frozen=True)
+class ForgetMIConfig:
+    """Forget-MI's hyperparameters (the unlearn stage's parameters, plus method options).
+
+    The field names are the stage's parameter names, so a configuration maps one to one onto
+    the cache key; the defaults are the method's own (not the tuned pipeline defaults).
+    """
+
+    lr: float = 1e-3
+    epochs: int = 5
+    batch_size: int = 32
+    w_uu: float = 0.1
+    w_ur: float = 0.1
+    w_mu: float = 0.4
+    w_mr: float = 0.4
+    use_noise: bool = False
+    noise_mean: float = 0.0
+    noise_std: float = 1.0
+    text_noise: float = 0.3
+    margin: float = 5.0
+    init_noise: float = 1e-2
+    retain_ratio: int = 2
+    calibrate: bool = True
+    early_stop: str | bool = True
+    auc_gap: float = 0.0
+    max_val_drop: float = 1.0
+    w_ce: float = 0.0
+    val_weight: float = 3.0
+    patience: int = 10
+    schedule: str = "cosine"
+    steps: int = 0
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> ForgetMIConfig:
+        """A configuration from stage parameters (``TypeError`` naming unknown ones)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise TypeError(f"forget_mi got unknown parameters {unknown}; known: {sorted(known)}")
+        return cls(**params)
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {"uu": self.w_uu, "ur": self.w_ur, "mu": self.w_mu, "mr": self.w_mr}
+
+
 def forget_mi(
     orig: TrainedModel,
     feats: Features,
     seed: int,
     device: str,
-    lr: float = 1e-3,
-    epochs: int = 5,
-    batch_size: int = 32,
-    w_uu: float = 0.1,
-    w_ur: float = 0.1,
-    w_mu: float = 0.4,
-    w_mr: float = 0.4,
-    use_noise: bool = False,
-    noise_mean: float = 0.0,
-    noise_std: float = 1.0,
-    text_noise: float = 0.3,
-    margin: float = 5.0,
-    init_noise: float = 1e-2,
-    retain_ratio: int = 2,
-    calibrate: bool = True,
-    early_stop: str | bool = True,
-    auc_gap: float = 0.0,
-    max_val_drop: float = 1.0,
-    w_ce: float = 0.0,
-    val_weight: float = 3.0,
-    patience: int = 10,
-    schedule: str = "cosine",
-    steps: int = 0,
+    config: ForgetMIConfig | None = None,
 ) -> Unlearned:
     """Forget-MI: four embedding-distance losses, AdamW, one optimizer step per forget batch.
 
@@ -363,6 +388,7 @@ def forget_mi(
     exact copy of ``og``, the copy's weights first get Gaussian noise of std ``init_noise`` x
     each tensor's own std (symmetry breaking; 0 disables it).
 
+    ``config`` (default ``ForgetMIConfig()``) holds the hyperparameters:
     ``calibrate`` (with ``use_noise``): the noise std is set so that the original model's loss
     on the perturbed forget set equals its loss on held-out data (as Forget-MI calibrates it),
     instead of ``noise_std``. ``early_stop`` / ``auc_gap`` / ``max_val_drop``: retrain-free
@@ -373,23 +399,25 @@ def forget_mi(
     code creates a scheduler but never steps it), ``"constant"`` keeps it. ``steps > 0``:
     that many optimizer steps instead of ``epochs`` passes over the forget set.
     """
+    c = config if config is not None else ForgetMIConfig()
     t0 = time.perf_counter()
     og, ul, dev = _start(orig, device, seed)
     data = _Data(feats, dev, seed)
-    stop = Stopper(early_stop, og, data, auc_gap, max_val_drop, val_weight, patience)
+    stop = Stopper(c.early_stop, og, data, c.auc_gap, c.max_val_drop, c.val_weight, c.patience)
     target = stop.target_loss
-    if use_noise and calibrate:
-        noise_std = calibrate_noise(og, data, noise_mean, text_noise, target)
-    if init_noise > 0:
+    noise_std = c.noise_std
+    if c.use_noise and c.calibrate:
+        noise_std = calibrate_noise(og, data, c.noise_mean, c.text_noise, target)
+    if c.init_noise > 0:
         with torch.no_grad():
             for p in ul.parameters():
                 p.add_(
-                    init_noise * (float(p.std()) if p.numel() > 1 else 1.0) * torch.randn_like(p)
+                    c.init_noise * (float(p.std()) if p.numel() > 1 else 1.0) * torch.randn_like(p)
                 )
-    weights = {"uu": w_uu, "ur": w_ur, "mu": w_mu, "mr": w_mr}
-    opt = _adamw(ul.parameters(), lr)
-    epochs, planned = _plan(data, batch_size, epochs, steps)
-    sched = _schedule(opt, schedule, planned)
+    weights = c.weights
+    opt = _adamw(ul.parameters(), c.lr)
+    epochs, planned = _plan(data, c.batch_size, c.epochs, c.steps)
+    sched = _schedule(opt, c.schedule, planned)
     ul.eval()  # no dropout: the distances compare deterministic embeddings
     last: dict[str, float] = {}
     steps = 0
@@ -397,21 +425,21 @@ def forget_mi(
     for _ in range(epochs):
         if stopped:
             break
-        for xi_f, xt_f, _y in data.batches(data.f, batch_size):
+        for xi_f, xt_f, _y in data.batches(data.f, c.batch_size):
             if steps >= planned:
                 stopped = True
                 break
             steps += 1
-            xi_r, xt_r, y_r = data.sample(data.r, retain_ratio * batch_size)
-            if use_noise:
-                xi_n, xt_n = perturb(xi_f, xt_f, noise_mean, noise_std, text_noise, data.gen)
+            xi_r, xt_r, y_r = data.sample(data.r, c.retain_ratio * c.batch_size)
+            if c.use_noise:
+                xi_n, xt_n = perturb(xi_f, xt_f, c.noise_mean, noise_std, c.text_noise, data.gen)
             else:
                 xi_n, xt_n = xi_f, xt_f
             keep: dict[str, torch.Tensor] = {}
             d = forgetmi_losses(ul, og, xi_f, xt_f, xi_n, xt_n, xi_r, xt_r, keep)
-            loss = forgetmi_objective(d, weights, use_noise, margin)
-            if w_ce > 0:  # ul is in eval mode: head(h_r) is exactly ul(xi_r, xt_r)
-                loss = loss + w_ce * F.cross_entropy(ul.head(keep["h_r"]), y_r)
+            loss = forgetmi_objective(d, weights, c.use_noise, c.margin)
+            if c.w_ce > 0:  # ul is in eval mode: head(h_r) is exactly ul(xi_r, xt_r)
+                loss = loss + c.w_ce * F.cross_entropy(ul.head(keep["h_r"]), y_r)
             last = {k: float(v.detach()) for k, v in d.items()}
             if stopped := stop.step(ul, loss, opt, sched):
                 break
@@ -429,6 +457,13 @@ def forget_mi(
         kept_step=stop.best_step if stop.mode == "best" else steps,
         **info,
     )
+
+
+def _forget_mi_params(
+    orig: TrainedModel, feats: Features, seed: int, device: str, **params: Any
+) -> Unlearned:
+    """``forget_mi`` called with stage parameters (as every method in ``METHODS`` is)."""
+    return forget_mi(orig, feats, seed, device, ForgetMIConfig.from_params(params))
 
 
 # ---------------------------------------------------------------- MultiDelete
@@ -661,13 +696,33 @@ def eu_k(
 
 
 METHODS: dict[str, Callable[..., Unlearned]] = {
-    "forget-mi": forget_mi,
+    "forget-mi": _forget_mi_params,
     "multidelete": multidelete,
     "finetune": finetune,
     "neggrad-plus": neggrad_plus,
     "scrub": scrub,
     "cf-k": cf_k,
     "eu-k": eu_k,
+}
+
+
+_STOPPED_INFO = ("steps", "target_loss", "target_auc", "guard_stop", "kept_step")
+# the numeric ``Unlearned.info`` keys each method reports (the evaluate stage reports each as
+# ``info_<key>``): Forget-MI's and MultiDelete's last-step loss terms, their stopping figures
+INFO_KEYS: dict[str, tuple[str, ...]] = {
+    "forget-mi": (
+        *_STOPPED_INFO[:1],
+        "noise_std",
+        *_STOPPED_INFO[1:],
+        *(f"d_{k}" for k in FORGETMI_TERMS),
+    ),
+    "multidelete": (*_STOPPED_INFO, "loss_md", "loss_mkr", "loss_ukr"),
+    "finetune": (),
+    "neggrad-plus": (),
+    "scrub": (),
+    "cf-k": (),
+    "eu-k": (),
+    "retrain": (),
 }
 
 

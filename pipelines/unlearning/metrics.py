@@ -50,7 +50,9 @@ from sklearn.svm import SVC
 from pipelines.unlearning.data import Split
 
 __all__ = [
+    "COMPARE_METRICS",
     "GAP_METRICS",
+    "MODEL_METRICS",
     "TOLERANCES",
     "batch_svc_attack",
     "classification",
@@ -77,6 +79,28 @@ GAP_METRICS = (
     "mia_loss_auc",
     "forget_vs_retain_auc",
     "forget_confidence",
+)
+
+_PARTS = ("test", "retain", "forget")
+# every key of ``model_metrics`` (without prefix) and of ``compare``, in the order written
+MODEL_METRICS: tuple[str, ...] = (
+    *(f"{part}_{m}" for part in _PARTS for m in ("auc", "f1")),
+    *(f"{part}_{m}" for part in _PARTS for m in ("loss", "confidence")),
+    "mia_sample_svc",
+    "mia_sample_svc_strength",
+    "mia_sample_svc_test_rate",
+    "mia_batch_svc",
+    "mia_batch_svc_strength",
+    "mia_batch_svc_test_rate",
+    "mia_loss_auc",
+    "mia_loss_strength",
+    "forget_vs_retain_auc",
+    "forget_vs_test_auc",
+)
+COMPARE_METRICS: tuple[str, ...] = (
+    *(f"gap_{k}" for k in GAP_METRICS),
+    *(f"kl_{part}" for part in ("forget", "retain", "test")),
+    "retrain_score",
 )
 
 

@@ -22,9 +22,16 @@ from eeipu.space import Categorical, Float, Int, Param, Scalar
 from pipelines.core import Pipeline, Stage
 from pipelines.unlearning.data import load_data, split_patients
 from pipelines.unlearning.features import Features, featurize
-from pipelines.unlearning.methods import Unlearned, run_method
-from pipelines.unlearning.metrics import compare, model_metrics, retrain_free_objective
+from pipelines.unlearning.methods import INFO_KEYS, Unlearned, run_method
+from pipelines.unlearning.metrics import (
+    COMPARE_METRICS,
+    MODEL_METRICS,
+    compare,
+    model_metrics,
+    retrain_free_objective,
+)
 from pipelines.unlearning.model import ModelConfig, TrainedModel, predict_proba, train_model
+from pipelines.unlearning.names import METHOD_NAMES
 
 __all__ = [
     "DEFAULT_FORGET_FRACTION",
@@ -32,18 +39,9 @@ __all__ = [
     "UnlearningPipeline",
     "default_params",
     "make_pipeline",
+    "metric_names",
 ]
 
-METHOD_NAMES = (
-    "forget-mi",
-    "multidelete",
-    "finetune",
-    "neggrad-plus",
-    "scrub",
-    "cf-k",
-    "eu-k",
-    "retrain",
-)
 DEFAULT_FORGET_FRACTION = 0.10
 _BATCH = 64  # training batch size (fixed: the search space is already large)
 _LR = Float(1e-5, 1e-2, log=True)
@@ -244,6 +242,34 @@ def default_params(method: str) -> dict[str, dict[str, Scalar]]:
     }
 
 
+EVALUATE_SCALARS = (
+    "objective",
+    "retrained_objective",
+    "unlearn_seconds",
+    "retrain_seconds",
+    "original_train_seconds",
+    "time_ratio",
+    "forget_fraction",
+    "n_forget",
+    "n_retain",
+    "n_test",
+)
+
+
+def metric_names(method: str) -> tuple[str, ...]:
+    """Every metric the evaluate stage of ``method``'s pipeline reports, in the order written."""
+    if method not in INFO_KEYS:
+        raise ValueError(f"unknown method {method!r}; choose one of {list(METHOD_NAMES)}")
+    return (
+        *MODEL_METRICS,
+        *COMPARE_METRICS,
+        *(f"retrained_{k}" for k in MODEL_METRICS),
+        *(f"original_{k}" for k in MODEL_METRICS),
+        *EVALUATE_SCALARS,
+        *(f"info_{k}" for k in INFO_KEYS[method]),
+    )
+
+
 def _seed(seed: int | None) -> int:
     return 0 if seed is None else int(seed)
 
@@ -348,9 +374,10 @@ def make_pipeline(
         out["n_forget"] = float(len(f.split.forget))
         out["n_retain"] = float(len(f.split.retain))
         out["n_test"] = float(len(f.split.test))
-        for k, v in u.info.items():
-            if isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v):
-                out[f"info_{k}"] = float(v)
+        for k in INFO_KEYS[method]:  # every declared key; NaN when missing or not finite
+            v = u.info.get(k)
+            ok = isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)
+            out[f"info_{k}"] = float(v) if ok else float("nan")  # type: ignore[arg-type]
         return out
 
     def fingerprint() -> str:
@@ -372,6 +399,8 @@ def make_pipeline(
         stages,
         objective="objective",
         direction="maximize",
+        metrics=metric_names(method),
+        defaults=default_params(method),
         fingerprint=fingerprint,
         description=(
             f"{method} unlearning of {forget_fraction:.0%} of training patients on {source} "
@@ -380,6 +409,5 @@ def make_pipeline(
         ),
     )
     pipe.method = method
-    pipe.defaults = default_params(method)
     pipe.forget_fraction = forget_fraction
     return pipe

@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 
+from api.client import Client, ClientError
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -31,21 +33,28 @@ class LiveServer:
     env: dict[str, str]
     log: Path
     token: str | None = None
+    # Raw HTTP, for tests of status codes and bodies; ``api_client`` for everything else.
     client: httpx.Client = field(init=False)
+    api_client: Client = field(init=False)
 
     def __post_init__(self) -> None:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self.client = httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        self.api_client = Client(self.url, token=self.token)
+
+    def close_clients(self) -> None:
+        self.client.close()
+        self.api_client.close()
 
     def kill(self) -> None:
         """SIGKILL the server (its worker processes notice and exit on their own)."""
-        self.client.close()
+        self.close_clients()
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(30)
 
     def stop(self) -> None:
-        self.client.close()
+        self.close_clients()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
@@ -59,13 +68,20 @@ class LiveServer:
 
     def wait_study(self, study_id: int, timeout: float = 90.0) -> dict[str, Any]:
         """Poll until the study leaves ``running`` (a bound, not a timing assertion)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            st = self.client.get(f"/v1/studies/{study_id}").json()
-            if st["state"] != "running":
-                return dict(st)
-            time.sleep(0.1)
-        raise AssertionError(f"study {study_id} still running; server log:\n{self.output()}")
+        try:
+            return self.api_client.wait(study_id, timeout=timeout, poll=0.1).to_dict()
+        except TimeoutError:
+            raise AssertionError(
+                f"study {study_id} still running; server log:\n{self.output()}"
+            ) from None
+
+
+def _ready(url: str) -> bool:
+    with Client(url, timeout=2) as c:
+        try:
+            return c.request("GET", "/readyz") is not None
+        except ClientError:  # not listening yet, or not ready (503)
+            return False
 
 
 def start_server(
@@ -118,11 +134,8 @@ def start_server(
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{srv.output()}")
-        try:
-            if httpx.get(f"{srv.url}/readyz", timeout=2).status_code == 200:
-                return srv
-        except httpx.TransportError:
-            pass
+        if _ready(srv.url):
+            return srv
         time.sleep(0.1)
     srv.stop()
     raise RuntimeError(f"server did not become ready:\n{srv.output()}")
@@ -140,11 +153,8 @@ def restart(srv: LiveServer) -> LiveServer:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{new.output()}")
-        try:
-            if httpx.get(f"{new.url}/readyz", timeout=2).status_code == 200:
-                return new
-        except httpx.TransportError:
-            pass
+        if _ready(new.url):
+            return new
         time.sleep(0.1)
     new.stop()
     raise RuntimeError("server did not come back")

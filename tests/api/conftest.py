@@ -16,13 +16,15 @@ import pytest
 
 from tests.api._server import LiveServer, start_server
 
-PG_ADMIN = os.environ.get("EEIPU_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN = os.environ.get("EEIPU_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def _admin_engine():  # type: ignore[no-untyped-def]
     from sqlalchemy import create_engine
 
-    return create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+    from api.store.sql import normalize_url
+
+    return create_engine(normalize_url(PG_ADMIN), isolation_level="AUTOCOMMIT", pool_pre_ping=True)
 
 
 @pytest.fixture(scope="session")

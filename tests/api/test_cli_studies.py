@@ -24,7 +24,7 @@ def test_tune_db_is_listed_by_studies(tmp_path: Path, capsys: pytest.CaptureFixt
     sid = out["db"]["study_id"]
     assert main(["studies", "list", "--db", db, "--json"]) == 0
     (st,) = _json(capsys)["items"]
-    assert st["id"] == sid and st["state"] == "completed" and st["mode"] == "external"
+    assert st["id"] == sid and st["state"] == "completed"
     assert st["n_complete"] == out["n_trials"] - out["n_failed"]
     assert st["best_value"] == pytest.approx(out["best_value"])
     assert main(["studies", "show", str(sid), "--db", db, "--json"]) == 0
@@ -40,19 +40,19 @@ def test_tune_db_is_listed_by_studies(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_studies_through_the_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     srv = start_server(tmp_path, db_url=f"sqlite:///{tmp_path / 's.db'}", workers=1)
     try:
-        r = srv.client.post(
-            "/v1/studies",
-            json={"pipeline": "synthetic-3stage", "optimizer": "random", "budget_seconds": 20},
-        )
-        sid = r.json()["id"]
+        sid = srv.api_client.create_study("synthetic-3stage", 20, "random").id
         srv.wait_study(sid)
         assert main(["studies", "list", "--server", srv.url]) == 0
         assert "completed" in capsys.readouterr().out
         assert main(["studies", "best", str(sid), "--server", srv.url, "--json"]) == 0
         best = _json(capsys)
-        assert best["value"] == srv.client.get(f"/v1/studies/{sid}").json()["best_value"]
+        assert best["value"] == srv.api_client.study(sid).best_value
         assert main(["studies", "best", "12345", "--server", srv.url]) == 2
-        assert "404" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "404" in err and "study 12345" in err and len(err.splitlines()) == 1
+        assert main(["studies", "show", str(sid), "--server", srv.url, "--json"]) == 0
+        shown = _json(capsys)
+        assert shown["id"] == sid and len(shown["trials"]) == shown["n_trials"] > 0
     finally:
         srv.stop()
 

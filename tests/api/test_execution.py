@@ -134,6 +134,9 @@ def test_killed_worker_trial_is_retried(tmp_path: Path, sqlite_url: str, gate: P
         assert done["state"] == "completed" and done["n_complete"] == 3 and done["n_failed"] == 0
         t = srv.client.get(f"/v1/studies/{st['id']}/trials/{victim['id']}").json()
         assert t["state"] == "COMPLETE" and t["attempts"] == 2
+        trials = _trials(srv, st["id"])  # nothing counted twice: one result per trial
+        assert [x["number"] for x in trials] == [0, 1, 2]
+        assert done["cost_spent"] == pytest.approx(sum(x["cost_seconds"] for x in trials))
         assert t["failures"][0]["worker"] == victim["worker"] and t["worker"] != victim["worker"]
         # The trial may be handed back (heartbeat reaper) before the supervisor's next poll
         # replaces the dead worker: wait for the replacement rather than race it.
@@ -173,6 +176,7 @@ def test_server_killed_and_restarted_resumes_without_loss_or_duplicates(
         assert [t["number"] for t in trials] == list(range(n))  # nothing lost
         assert all(t["state"] == "COMPLETE" for t in trials)
         assert done["n_complete"] == n and done["trials_done"] == n
+        assert done["cost_spent"] == pytest.approx(sum(t["cost_seconds"] for t in trials))
         retried = [t for t in trials if t["attempts"] > 1]
         assert len(retried) == 2 and all(
             "no heartbeat" in t["failures"][0]["reason"] for t in retried
@@ -320,3 +324,43 @@ def test_several_http_processes_elect_one_leader(tmp_path: Path, sqlite_url: str
         srv.stop()
     assert "leads: workers and scheduler run here" in srv.output()
     assert srv.output().count("leads: workers and scheduler run here") == 1
+
+
+def test_a_clock_jump_of_the_reaper_loses_and_duplicates_no_trial(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scheduler's clock jumps an hour ahead while two live workers hold trials: both
+    trials are handed back, the late results of their first attempts are refused (fenced),
+    and each trial ends COMPLETE exactly once, its cost counted once."""
+    from api.config import Settings
+    from api.execution.runner import execute_trial, resolve_pipeline
+    from api.service import StudyRequest, StudyService
+    from api.store import StaleClaim, TrialState, open_store
+
+    svc = StudyService(open_store(sqlite_url), Settings(db_url=sqlite_url), cache=None)
+    req = StudyRequest("synthetic-3stage", "random", 1e5, max_trials=4, parallelism=2)
+    st = svc.create_study(req)
+    svc.fill(st.id)
+    held = [svc.store.claim_trial(w, study_id=st.id) for w in ("wa", "wb")]
+    assert all(held)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3600.0)
+    assert svc.reap() == 2  # injected once: both live workers look dead
+    monkeypatch.undo()
+    pipe = resolve_pipeline("synthetic-3stage", ())
+    for t, w in zip(held, ("wa", "wb"), strict=True):
+        assert t is not None
+        with pytest.raises(StaleClaim):  # the first attempt's result arrives late
+            svc.store.finish_trial(t.id, w, execute_trial(pipe, t.params, None, "value"))
+    while svc.get_study(st.id).state.value == "running":
+        svc.settle(st.id)
+        svc.fill(st.id)
+        t = svc.store.claim_trial("wc", study_id=st.id)
+        if t is not None:
+            svc.store.finish_trial(t.id, "wc", execute_trial(pipe, t.params, None, "value"))
+    s = svc.get_study(st.id)
+    trials = svc.store.list_trials(st.id)
+    assert s.state.value == "completed" and [t.number for t in trials] == [0, 1, 2, 3]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert [t.attempts for t in trials[:2]] == [2, 2] and s.n_complete == 4
+    assert s.cost_spent == pytest.approx(sum(t.cost_seconds or 0.0 for t in trials))

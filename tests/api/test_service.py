@@ -102,3 +102,120 @@ def test_budget_spent_completes_the_study_and_cancels_waiting(tmp_path: Path) ->
         x.error == "cancelled: budget spent"
         for x in svc.store.list_trials(st.id, states=[TrialState.FAILED])
     )
+
+
+def _finish_full(svc: StudyService, study_id: int, stage_cost: float, value: float = 1.0) -> None:
+    """Claim one trial and report it as a full run of three stages of ``stage_cost`` each."""
+    from api.store import StageRun
+
+    t = svc.store.claim_trial("w", study_id=study_id)
+    assert t is not None
+    stages = [
+        StageRun(stage=s, position=i, cost_seconds=stage_cost, original_cost_seconds=stage_cost)
+        for i, s in enumerate(["s1_beale", "s2_hartmann3", "s3_branin"])
+    ]
+    result = TrialResult(TrialState.COMPLETE, {"value": value}, value, 3 * stage_cost, 0, stages)
+    svc.store.finish_trial(t.id, "w", result)
+
+
+@pytest.mark.parametrize(("margin", "admitted"), [(0.0, 2), (4.0, 3)])
+def test_no_trial_starts_whose_predicted_cost_exceeds_what_is_left(
+    tmp_path: Path, margin: float, admitted: int
+) -> None:
+    """Random search predicts nothing: a trial is admitted against the largest full-run cost
+    seen (6 s), counting the trials already waiting or running, plus the margin."""
+    svc = _service(f"sqlite:///{tmp_path / 'o.db'}")
+    req = StudyRequest("synthetic-3stage", "random", 20.0, parallelism=4, budget_margin=margin)
+    st = svc.create_study(req)
+    assert len(svc.propose(st.id, 1)) == 1
+    _finish_full(svc, st.id, 2.0)  # 6 s spent: 14 s left
+    assert len(svc.propose(st.id, 4)) == admitted  # 6 + 6 <= 14 < 6 + 6 + 6 <= 14 + 4
+    assert svc.propose(st.id, 1) == []  # the waiting trials' predicted costs count
+    svc.fill(st.id)
+    assert svc.get_study(st.id).n_trials == 1 + admitted
+
+
+def test_repeated_failures_fail_the_study_even_after_a_success(tmp_path: Path) -> None:
+    svc = _service(f"sqlite:///{tmp_path / 'r.db'}")
+    req = StudyRequest("synthetic-3stage", "random", 1e5, max_consecutive_failures=3)
+    st = svc.create_study(req)
+    svc.fill(st.id)
+    _finish_full(svc, st.id, 1.0)
+    for i in range(3):
+        svc.settle(st.id)
+        assert svc.get_study(st.id).state.value == "running"
+        svc.fill(st.id)
+        t = svc.store.claim_trial("w", study_id=st.id)
+        assert t is not None
+        svc.store.finish_trial(t.id, "w", TrialResult(TrialState.FAILED, error=f"boom {i}"))
+    svc.settle(st.id)
+    s = svc.get_study(st.id)
+    assert s.state.value == "failed"
+    assert "3 trials failed in a row" in (s.error or "") and "boom 2" in (s.error or "")
+
+
+def test_an_objective_the_pipeline_never_reports_is_rejected_at_creation(tmp_path: Path) -> None:
+    from api.errors import InvalidRequest
+
+    svc = _service(f"sqlite:///{tmp_path / 'x.db'}")
+    with pytest.raises(InvalidRequest, match="'nope' is not a metric"):
+        svc.create_study(StudyRequest("synthetic-3stage", "random", 100.0, objective="nope"))
+    assert svc.store.count_studies() == 0
+
+
+def test_stages_run_with_the_run_seed_and_the_optimizer_gets_margin_and_warmup_spend(
+    tmp_path: Path,
+) -> None:
+    from api.worker import Worker
+    from eeipu import BudgetState, RandomSearch, register_optimizer
+
+    budgets: list[BudgetState] = []
+
+    class Spy(RandomSearch):
+        name = "spy-warmup"
+
+        def ask(self, n, history, pending=(), cached=(), budget=None):  # type: ignore[no-untyped-def]
+            assert budget is not None
+            budgets.append(budget)
+            out = super().ask(n, history, pending, cached, budget)
+            for c in out:
+                c.info["phase"] = "warmup" if len(history) < 2 else "model"
+            return out
+
+    register_optimizer("spy-warmup", Spy)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    svc = _service(url)
+    req = StudyRequest("synthetic-3stage", "spy-warmup", 1e5, run_seed=3, budget_margin=2.5)
+    st = svc.create_study(req)
+    w = Worker(svc.store, str(tmp_path / "cache"), study_id=st.id)
+    for _ in range(3):
+        svc.fill(st.id)
+        assert w.run_one()
+    trials = svc.store.list_trials(st.id, with_stages=True)
+    pipe = resolve_pipeline("synthetic-3stage", ())
+    for t in trials:
+        assert [s.key for s in t.stages or []] == pipe.keys(t.params, 3)
+    assert [b.margin for b in budgets] == [2.5, 2.5, 2.5]
+    warm = sum(t.cost_seconds or 0.0 for t in trials[:2])
+    assert budgets[2].warmup_spent == pytest.approx(warm) and warm > 0
+
+
+def test_a_trial_whose_cache_write_failed_completes_with_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from cache import open_cache
+
+    cache = open_cache(str(tmp_path / "cache"))
+
+    def full(*_: object, **__: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache, "put", full)
+    pipe = resolve_pipeline("synthetic-3stage", ())
+    params = pipe.canonical(pipe.space.sample(__import__("random").Random(0)))
+    result = execute_trial(pipe, params, cache, "value", seed=None)
+    assert result.state == TrialState.COMPLETE and result.value is not None
+    assert result.error is not None and "not cached" in result.error
+    assert len(result.stages) == 3 and result.cost_seconds > 0

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from api.tuning import TrialResult, cached_prefixes, tune
+from api.tuning import TrialSummary, cached_prefixes, tune
 from cache import open_cache
 from eeipu import make_optimizer
 from pipelines import get_pipeline
 
-FAST = {"raw_samples": 16, "maxiter": 10, "mc_samples": 32, "restarts": 1}
+FAST: dict[str, Any] = {"raw_samples": 16, "maxiter": 10, "mc_samples": 32, "restarts": 1}
 
 
 def test_random_run_stays_within_budget_and_calls_sinks(tmp_path: Path) -> None:
     pipe = get_pipeline("synthetic-3stage-flat")
     opt = make_optimizer("random", pipe.space, seed=0)
-    seen: list[TrialResult] = []
+    seen: list[TrialSummary] = []
     res = tune(pipe, opt, 40.0, cache=open_cache(str(tmp_path / "c")), sinks=[seen.append])
     s = res.summary()
     assert s["n_trials"] == len(seen) >= 3
@@ -53,3 +54,18 @@ def test_max_trials_and_bad_arguments(tmp_path: Path) -> None:
         tune(pipe, opt, -1.0)
     with pytest.raises(ValueError, match="objective"):
         tune(pipe, opt, 10.0, objective="nope")
+
+
+def test_repeated_failures_stop_the_run_with_the_reason() -> None:
+    from api.tuning import StudyFailed
+    from pipelines import Float, Pipeline, Stage
+
+    def broken(parent: object, a: float) -> dict[str, float]:
+        raise RuntimeError("no GPU")
+
+    pipe = Pipeline("broken", [Stage("only", broken, {"a": Float(0.0, 1.0)})])
+    opt = make_optimizer("random", pipe.space, seed=0)
+    with pytest.raises(StudyFailed, match="2 trials failed in a row") as e:
+        tune(pipe, opt, 100.0, max_consecutive_failures=2)
+    assert len(e.value.result.trials) == 2 and "no GPU" in str(e.value)
+    assert e.value.result.summary()["n_failed"] == 2

@@ -42,3 +42,31 @@ def slow_writer(location: str, key: str) -> None:
                 time.sleep(60)
 
     c.backend.write_atomic(c._obj(key), chunks())
+
+
+def hold_pin(location: str, key: str, marker: str) -> None:
+    """Pin ``key`` and wait (to be killed while holding the lease)."""
+    c = StageCache(backend_for(location))
+    with c.pin([key]):
+        Path(marker).touch()
+        time.sleep(120)
+
+
+def hold_lock(location: str, key: str, marker: str) -> None:
+    """Hold the compute lock of ``key`` and wait (to be killed while holding it)."""
+    c = StageCache(backend_for(location))
+    with c.compute_lock(key):
+        Path(marker).touch()
+        time.sleep(120)
+
+
+def count_under_lock(location: str, key: str, counter: str, n: int) -> None:
+    """Increment a counter file ``n`` times with a deliberately racy read-modify-write that
+    only the lock makes correct."""
+    c = StageCache(backend_for(location))
+    for _ in range(n):
+        with c.compute_lock(key):
+            p = Path(counter)
+            v = int(p.read_text() or "0")
+            time.sleep(0.0005)
+            p.write_text(str(v + 1))

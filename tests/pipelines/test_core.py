@@ -40,6 +40,7 @@ def make_toy(calls: Counter[str], version2: str = "1") -> Pipeline:
         ],
         objective="value",
         direction="maximize",
+        metrics=("value", "n"),
     )
 
 

@@ -46,7 +46,8 @@ def test_ask_tell_round_trip(api: LiveServer) -> None:
     # A failed trial reported by the client.
     t2 = api.client.post(f"/v1/studies/{sid}/ask").json()
     f = api.client.post(
-        f"/v1/studies/{sid}/trials/{t2['id']}/tell", json={"state": "FAILED", "error": "oom"}
+        f"/v1/studies/{sid}/trials/{t2['id']}/tell",
+        json={"state": "FAILED", "error": "oom", "worker": t2["worker"]},
     )
     assert f.status_code == 200 and f.json()["state"] == "FAILED"
     s = api.client.get(f"/v1/studies/{sid}").json()
@@ -87,6 +88,7 @@ def test_pipelines_and_cache(api: LiveServer) -> None:
     assert len(one["stages"]) == 10
     c = api.client.get("/v1/cache").json()
     assert {"entries", "bytes", "hits", "compute_seconds_saved"} <= set(c)
-    assert api.client.delete("/v1/cache/entries/deadbeef").status_code == 404
+    assert api.client.delete("/v1/cache/entries/" + "0" * 32).status_code == 404
+    assert api.client.delete("/v1/cache/entries/deadbeef").status_code == 422
     assert api.client.post("/v1/cache/evict", json={}).status_code == 422
     assert api.client.post("/v1/cache/evict", json={"study_id": 999999}).status_code == 404

@@ -1,4 +1,4 @@
-"""Figures of the optimizer benchmark (``api.bench_optimizers``) from hand-built runs."""
+"""Figures of the optimizer benchmark (``bench.optimizers``) from hand-built runs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from api.bench_optimizers import equal_spend
+from bench.optimizers import equal_spend
 
 
 def _run(

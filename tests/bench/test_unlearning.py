@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from api.bench_unlearning import aggregate, rank_correlation
 from api.cli import main
+from bench.unlearning import aggregate, rank_correlation
 
 
 def test_rank_correlation_and_aggregate() -> None:

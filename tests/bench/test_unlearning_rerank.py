@@ -1,11 +1,11 @@
-"""The unlearning bench's re-ranking score (api/bench_unlearning.py) is robust to one outlier."""
+"""The unlearning bench's re-ranking score (bench/unlearning.py) is robust to one outlier."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from api.bench_unlearning import robust_score
+from bench.unlearning import robust_score
 
 
 def test_robust_score_is_median_minus_scaled_mad() -> None:

@@ -1,0 +1,153 @@
+"""Fitting the GP optimizers' surrogates: the objective GP and the log-cost GPs.
+
+The objective GP models the warped objective (``eeipu.warp``) of the encoded configurations;
+its kernel is stage-additive by default (one RBF term per stage plus one over all
+dimensions, each with its own scale). The cost GPs model ``log C``, one per stage (EIPU,
+EEIPU) or one on the total (CArBO), with a least-squares linear prior mean and one RBF term
+per parameter plus one over all of them, so a cost driven by one parameter is not forgotten
+where another, which only wiggles the cost, takes unseen values. Hyperparameters are kept
+between proposals (``FitState``) and refitted when the data grew by ``refit_fraction``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from eeipu.acquisition import predicted_cost
+from eeipu.base import Observation, Pending, mean_cost_after
+from eeipu.models import DTYPE, FitState, SurrogateGP, fit_surrogate
+from eeipu.space import SearchSpace
+
+__all__ = ["COST_FLOOR", "CostModels", "Surrogates"]
+
+COST_FLOOR = 1e-6  # seconds: the least stage cost whose log the cost GPs see
+
+# Each cost GP with the columns of the encoded configuration it reads.
+CostModels = list[tuple[SurrogateGP, slice]]
+
+
+class Surrogates:
+    """The fitted GPs of one optimizer and their hyperparameters between proposals.
+
+    Args:
+        space: the search space.
+        cost_model: ``"none"``, ``"stages"`` (one log-cost GP per stage) or ``"total"``.
+        refit_fraction: refit hyperparameters when the data grew by this fraction.
+        stage_additive: the objective GP's kernel is stage-additive (else one ARD RBF).
+        objective_noise: fixed noise variance of the objective GP, ``None``: learnt.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        cost_model: str,
+        refit_fraction: float,
+        stage_additive: bool,
+        objective_noise: float | None,
+    ) -> None:
+        self.space = space
+        self.cost_model = cost_model
+        self.refit_fraction = refit_fraction
+        self.stage_additive = stage_additive
+        self.objective_noise = objective_noise
+        self.fits: dict[str, FitState] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v.to_dict() for k, v in sorted(self.fits.items())}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.fits = {k: FitState.from_dict(v) for k, v in dict(state).items()}
+
+    def _fit(
+        self,
+        name: str,
+        X: Tensor,
+        y: Tensor,
+        mean: str,
+        groups: list[list[int]] | None,
+        noise: float | None = None,
+    ) -> SurrogateGP:
+        gp = fit_surrogate(
+            X,
+            y,
+            self.fits.get(name),
+            refit_fraction=self.refit_fraction,
+            groups=groups,
+            mean=mean,
+            noise=noise,
+        )
+        self.fits[name] = gp.state
+        return gp
+
+    def objective(self, X: Tensor, targets: Tensor) -> SurrogateGP:
+        """The objective GP.
+
+        Args:
+            X: ``n x d`` encoded configurations.
+            targets: ``n`` warped objective values (larger is better).
+        """
+        groups = None
+        if self.stage_additive and len(self.space.stage_names) > 1:
+            groups = [
+                list(range(sl.start, sl.stop))
+                for sl in self.space.stage_slices.values()
+                if sl.stop > sl.start
+            ]
+        return self._fit("objective", X, targets, "constant", groups, self.objective_noise)
+
+    def costs(self, history: Sequence[Observation]) -> CostModels:
+        """The log-cost GPs on the trials that ran every stage (none with fewer than two)."""
+        space, n_stages = self.space, len(self.space.stage_names)
+        rows = [o for o in history if len(o.stage_costs) == n_stages]
+        if self.cost_model == "none" or len(rows) < 2:
+            return []
+        X = torch.tensor([space.encode(o.params) for o in rows], dtype=DTYPE)
+        C = torch.tensor([o.stage_costs for o in rows], dtype=DTYPE).clamp_min(COST_FLOOR)
+        if self.cost_model == "total":
+            total = self._fit("cost_total", X, C.sum(-1).log(), "linear", self.param_groups(None))
+            return [(total, slice(0, space.dims))]
+        models = []
+        for i, stage in enumerate(space.stage_names):
+            sl = space.stage_slices[stage]
+            gp = self._fit(f"cost_{i}", X[:, sl], C[:, i].log(), "linear", self.param_groups(stage))
+            models.append((gp, sl))
+        return models
+
+    def param_groups(self, stage: str | None) -> list[list[int]] | None:
+        """Columns of each parameter of ``stage`` (of all stages: ``None``), relative to the
+        stage's slice: the cost GP's additive kernel terms; ``None`` (one RBF kernel) for a
+        single parameter."""
+        start = 0 if stage is None else self.space.stage_slices[stage].start
+        groups = [
+            list(range(sp.offset - start, sp.offset - start + sp.param.dims))
+            for sp in self.space.specs
+            if (stage is None or sp.stage == stage) and sp.param.dims > 0
+        ]
+        return groups if len(groups) > 1 else None
+
+    def pending_cost(
+        self, history: Sequence[Observation], pending: Sequence[Pending], costs: CostModels
+    ) -> float:
+        """Predicted cost of the trials already pending (they will spend budget too).
+
+        ``sum_p E[sum_{k > d_p} C_k(x_p)]`` under the cost GPs, or the mean observed cost of
+        the stages after each pending trial's reused depth ``d_p`` without them.
+        """
+        if not pending:
+            return 0.0
+        if not costs:
+            return sum(mean_cost_after(history, p.reuse_depth) or 0.0 for p in pending)
+        X_pending = torch.tensor([self.space.encode(p.params) for p in pending], dtype=DTYPE)
+        depth = torch.tensor([p.reuse_depth for p in pending])
+        mus, sigmas = zip(*(gp.predict(X_pending[:, sl]) for gp, sl in costs), strict=True)
+        mu, sigma = torch.stack(mus, -1), torch.stack(sigmas, -1)
+        if self.cost_model == "total":
+            include = torch.ones(len(pending), 1, dtype=torch.bool)
+        else:
+            include = torch.arange(len(costs)).unsqueeze(0) >= depth.unsqueeze(1)
+        no_load = torch.zeros(len(pending), dtype=DTYPE)
+        return float(predicted_cost(mu, sigma, include, no_load).sum())
