@@ -44,6 +44,9 @@ from pipelines import Pipeline
 log = logging.getLogger("eeipu.service")
 
 
+MAX_ASK_AHEAD = 64
+
+
 def not_found(what: str) -> NotFound:
     return NotFound(f"{what} not found", "not_found")
 
@@ -168,12 +171,16 @@ class StudyService:
         self.cache = cache
         self.default_parallelism = max(1, default_parallelism)
         self._lock = threading.Lock()  # one proposer per process (others: compare-and-set)
+        self._asking: dict[int, int] = {}  # asks in flight per study (sizes ask-ahead)
+        self._asking_lock = threading.Lock()
         self._specs: dict[int, StudySpec] = {}
         self._pipelines: dict[str, Pipeline] = dict(pipelines or {})
         # Optimizers given as instances (``api.tuning.tune``): each proposal starts from a
         # copy of the fresh instance and the saved state, exactly like a rebuilt one.
         self._templates: dict[int, Optimizer] = {}
-        # In-process figures of proposals (not persisted): seconds the optimizer took.
+        # In-process figures of proposals (not persisted): seconds the optimizer took, kept
+        # only for a reader that pops them (``api.tuning``), so a server never grows with them.
+        self.record_ask_seconds = False
         self.ask_seconds: dict[int, float] = {}
         # Why a study stopped proposing (the last reason seen in this process).
         self.stop_reasons: dict[int, str] = {}
@@ -384,7 +391,7 @@ class StudyService:
             return "max_trials reached"
         return None
 
-    def propose(self, study_id: int, n: int) -> list[Trial]:
+    def propose(self, study_id: int, n: int, unless_waiting: bool = False) -> list[Trial]:
         """Ask the optimizer for up to ``n`` trials and store them with its new state.
 
         Budget rule: a candidate is not started when its predicted cost (the optimizer's;
@@ -397,6 +404,8 @@ class StudyService:
                 st = self.get_study(study_id)
                 if st.state != StudyState.RUNNING or self._exhausted(st):
                     return []
+                if unless_waiting and self.store.trial_counts(study_id)[TrialState.WAITING]:
+                    return []  # a proposal made while this caller waited for the lock
                 if st.spec.max_trials is not None:
                     n = min(n, st.spec.max_trials - st.n_trials)
                 if n <= 0:
@@ -451,15 +460,34 @@ class StudyService:
                 state[BOOK] = book
                 added = self.store.add_trials(study_id, new, state, st.ask_version)
                 if added is not None:
-                    for t in added:
-                        self.ask_seconds[t.id] = ask_s
+                    if self.record_ask_seconds:
+                        for t in added:
+                            self.ask_seconds[t.id] = ask_s
                     return added
             raise Conflict("could not propose: the study kept changing", "conflict")
 
     # ---------------------------------------------------------------- ask / tell
     def ask(self, study_id: int, worker: str | None) -> Trial:
-        """A trial for a client that runs its own stages: a WAITING one, else a new one."""
+        """A trial for a client that runs its own stages: a WAITING one, else a new one.
+
+        When the queue is empty, one proposal serves every client asking at that moment: the
+        optimizer is asked for as many trials as there are asks of this study in flight in
+        this process, so concurrent clients claim already-proposed trials instead of each
+        waiting in turn for the proposer lock and a rebuild of the history. A lone client
+        gets exactly one new trial per ask, as before.
+        """
         worker = worker or f"client:{uuid.uuid4().hex[:12]}"
+        with self._asking_lock:
+            self._asking[study_id] = self._asking.get(study_id, 0) + 1
+        try:
+            return self._ask(study_id, worker)
+        finally:
+            with self._asking_lock:
+                self._asking[study_id] -= 1
+                if not self._asking[study_id]:
+                    del self._asking[study_id]
+
+    def _ask(self, study_id: int, worker: str) -> Trial:
         for _ in range(10):
             st = self.get_study(study_id)
             if st.state != StudyState.RUNNING:
@@ -470,7 +498,11 @@ class StudyService:
             why = self._exhausted(st)
             if why:
                 raise Conflict(f"study {study_id}: {why}", "exhausted")
-            if not self.propose(study_id, 1):
+            ahead = max(1, min(self._asking.get(study_id, 1), MAX_ASK_AHEAD))
+            if not self.propose(study_id, ahead, unless_waiting=True):
+                t = self.store.claim_trial(worker, study_id=study_id)
+                if t is not None:  # another client's proposal filled the queue meanwhile
+                    return t
                 raise Conflict(
                     f"study {study_id}: the optimizer has no more proposals", "exhausted"
                 )

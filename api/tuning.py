@@ -193,6 +193,7 @@ class StudyRun:
         self.service = StudyService(
             store, settings, cache=cache, pipelines={req.pipeline: pipeline}
         )
+        self.service.record_ask_seconds = True
         self.study: Study = self.service.create_study(req, optimizer)
         self.executor = InProcessExecutor(self.service, settings.heartbeat_interval)
         self.sinks = list(sinks)
@@ -237,7 +238,7 @@ class StudyRun:
             cumulative_cost=self.result.cost_spent + paid,
             best_value=self._best,
             phase=str(phases.get(str(t.number), "model")),
-            ask_seconds=self.service.ask_seconds.get(t.id, 0.0),
+            ask_seconds=self.service.ask_seconds.pop(t.id, 0.0),
             error=t.error,
             trial_id=t.id,
         )

@@ -219,3 +219,38 @@ def test_a_trial_whose_cache_write_failed_completes_with_a_note(
     assert result.state == TrialState.COMPLETE and result.value is not None
     assert result.error is not None and "not cached" in result.error
     assert len(result.stages) == 3 and result.cost_seconds > 0
+
+
+def test_concurrent_asks_share_one_proposal_and_get_distinct_trials(tmp_path: Path) -> None:
+    svc = _service(f"sqlite:///{tmp_path / 'ahead.db'}")
+    st = svc.create_study(StudyRequest("synthetic-3stage", "random", 1e5, mode="external"))
+    calls: list[int] = []
+    add = svc.store.add_trials
+
+    def slow_add(*a: object, **k: object) -> object:
+        calls.append(len(a[1]))  # type: ignore[arg-type]
+        threading.Event().wait(0.3)  # hold the proposer lock while the other asks arrive
+        return add(*a, **k)  # type: ignore[arg-type]
+
+    svc.store.add_trials = slow_add  # type: ignore[method-assign]
+    n = 12
+    start = threading.Barrier(n)
+    got: list[int] = []
+
+    def ask(i: int) -> None:
+        start.wait()
+        got.append(svc.ask(st.id, f"client-{i}").id)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(got) == sorted(set(got)) and len(got) == n
+    # Every proposal was stored once; a race at the edges may propose a spare trial or two.
+    assert sum(calls) == svc.store.count_trials(st.id) and n <= sum(calls) < 2 * n
+    assert len(calls) < n  # asks that waited for the lock were served by one proposal
+    # A lone client still gets one new trial per ask.
+    before = len(calls)
+    svc.ask(st.id, "alone")
+    assert calls[before:] == [1]
