@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ log = logging.getLogger("eeipu.api")
 
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# (status, error code, message) of a request the edge guard refuses
+_Refusal = tuple[int, str, str]
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
@@ -85,66 +87,24 @@ class EdgeGuard:
         headers: dict[bytes, bytes] = {}
         for name, value in scope.get("headers", []):
             headers.setdefault(name, value)
-        host = headers.get(b"host")
-        if self.check_host and host is not None:
-            name = _host_of(host.decode("latin-1"))
-            if not self._host_ok(name, scope):
-                await _send_error(send, 400, "bad_host", f"host {name[:100]!r} is not served here")
-                return
+        refusal = self._host_refusal(headers, scope)
+        if refusal is not None:
+            await _send_error(send, *refusal)
+            return
         if scope["method"] in _SAFE_METHODS:
             await self.app(scope, receive, send)
             return
-        origin = headers.get(b"origin")
-        if origin is not None:
-            text = origin.decode("latin-1")
-            oname = _host_of(text.split("://", 1)[1]) if "://" in text else ""
-            if not oname or not self._host_ok(oname, scope):
-                await _send_error(
-                    send, 403, "cross_origin", f"cross-site request from {text[:100]!r} refused"
-                )
-                return
-        token = self.settings.api_token
-        if token:
-            from api.deps import token_ok
-
-            auth = headers.get(b"authorization")
-            if not token_ok(token, None if auth is None else auth.decode("latin-1")):
-                await _send_error(
-                    send,
-                    401,
-                    "unauthorized",
-                    "missing or wrong bearer token (Authorization: Bearer <token>)",
-                )
-                return
-        length = headers.get(b"content-length")
-        chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
-        if length is not None:
-            try:
-                n = int(length)
-            except ValueError:
-                await _send_error(send, 400, "bad_request", "Content-Length is not a number")
-                return
-            if n > self.max_bytes:
-                await self._too_large(send)
-                return
-        has_body = chunked or (length is not None and n > 0)
-        ctype = headers.get(b"content-type")
-        if (has_body or ctype is not None) and not _is_json((ctype or b"").decode("latin-1")):
-            await _send_error(
-                send, 415, "unsupported_media_type", "the request body must be application/json"
-            )
+        refusal = (
+            self._origin_refusal(headers, scope)
+            or self._auth_refusal(headers)
+            or self._body_header_refusal(headers)
+        )
+        if refusal is not None:
+            await _send_error(send, *refusal)
             return
-        body = bytearray()
-        more = True
-        while more:
-            msg = await receive()
-            if msg["type"] != "http.request":  # the client went away
-                return
-            body += msg.get("body", b"")
-            more = bool(msg.get("more_body"))
-            if len(body) > self.max_bytes:
-                await self._too_large(send)
-                return
+        body = await self._read_body(receive, send)
+        if body is None:
+            return
         done = False
 
         async def replay() -> Message:
@@ -156,10 +116,77 @@ class EdgeGuard:
 
         await self.app(scope, replay, send)
 
+    def _host_refusal(self, headers: Mapping[bytes, bytes], scope: Scope) -> _Refusal | None:
+        """Step 1: a ``Host`` this server does not serve (400)."""
+        host = headers.get(b"host")
+        if self.check_host and host is not None:
+            name = _host_of(host.decode("latin-1"))
+            if not self._host_ok(name, scope):
+                return 400, "bad_host", f"host {name[:100]!r} is not served here"
+        return None
+
+    def _origin_refusal(self, headers: Mapping[bytes, bytes], scope: Scope) -> _Refusal | None:
+        """Step 2: a mutating request from another site's origin (403)."""
+        origin = headers.get(b"origin")
+        if origin is not None:
+            text = origin.decode("latin-1")
+            oname = _host_of(text.split("://", 1)[1]) if "://" in text else ""
+            if not oname or not self._host_ok(oname, scope):
+                return 403, "cross_origin", f"cross-site request from {text[:100]!r} refused"
+        return None
+
+    def _auth_refusal(self, headers: Mapping[bytes, bytes]) -> _Refusal | None:
+        """Step 3: a missing or wrong bearer token while one is set (401)."""
+        token = self.settings.api_token
+        if token:
+            from api.deps import token_ok
+
+            auth = headers.get(b"authorization")
+            if not token_ok(token, None if auth is None else auth.decode("latin-1")):
+                return (
+                    401,
+                    "unauthorized",
+                    "missing or wrong bearer token (Authorization: Bearer <token>)",
+                )
+        return None
+
+    def _body_header_refusal(self, headers: Mapping[bytes, bytes]) -> _Refusal | None:
+        """Steps 4 and 5 by the headers: a bad or too large length (400, 413), not JSON (415)."""
+        length = headers.get(b"content-length")
+        chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+        if length is not None:
+            try:
+                n = int(length)
+            except ValueError:
+                return 400, "bad_request", "Content-Length is not a number"
+            if n > self.max_bytes:
+                return self._too_large_refusal()
+        has_body = chunked or (length is not None and n > 0)
+        ctype = headers.get(b"content-type")
+        if (has_body or ctype is not None) and not _is_json((ctype or b"").decode("latin-1")):
+            return 415, "unsupported_media_type", "the request body must be application/json"
+        return None
+
+    async def _read_body(self, receive: Receive, send: Send) -> bytearray | None:
+        """Step 5: the body, up to ``max_bytes`` (``None``: refused with 413, or client gone)."""
+        body = bytearray()
+        more = True
+        while more:
+            msg = await receive()
+            if msg["type"] != "http.request":  # the client went away
+                return None
+            body += msg.get("body", b"")
+            more = bool(msg.get("more_body"))
+            if len(body) > self.max_bytes:
+                await self._too_large(send)
+                return None
+        return body
+
+    def _too_large_refusal(self) -> _Refusal:
+        return 413, "request_too_large", f"request body exceeds {self.max_bytes} bytes"
+
     async def _too_large(self, send: Send) -> None:
-        await _send_error(
-            send, 413, "request_too_large", f"request body exceeds {self.max_bytes} bytes"
-        )
+        await _send_error(send, *self._too_large_refusal())
 
 
 async def _send_error(send: Send, status: int, code: str, message: str) -> None:

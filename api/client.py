@@ -307,7 +307,8 @@ class Client:
             offset = int(page["next_offset"])
 
     # -- studies
-    def create_study(
+    # Every study option is an optional keyword a user sets; keyword-only is the design.
+    def create_study(  # noqa: PLR0913
         self,
         pipeline: str,
         budget_seconds: float,

@@ -170,7 +170,7 @@ class StudyService:
         self.settings = settings
         self.cache = cache
         self.default_parallelism = max(1, default_parallelism)
-        self._lock = threading.Lock()  # one proposer per process (others: compare-and-set)
+        self._lock = threading.RLock()  # one proposer per process (others: compare-and-set)
         self._asking: dict[int, int] = {}  # asks in flight per study (sizes ask-ahead)
         self._asking_lock = threading.Lock()
         self._specs: dict[int, StudySpec] = {}
@@ -391,7 +391,7 @@ class StudyService:
             return "max_trials reached"
         return None
 
-    def propose(self, study_id: int, n: int, unless_waiting: bool = False) -> list[Trial]:
+    def propose(self, study_id: int, n: int) -> list[Trial]:
         """Ask the optimizer for up to ``n`` trials and store them with its new state.
 
         Budget rule: a candidate is not started when its predicted cost (the optimizer's;
@@ -404,8 +404,6 @@ class StudyService:
                 st = self.get_study(study_id)
                 if st.state != StudyState.RUNNING or self._exhausted(st):
                     return []
-                if unless_waiting and self.store.trial_counts(study_id)[TrialState.WAITING]:
-                    return []  # a proposal made while this caller waited for the lock
                 if st.spec.max_trials is not None:
                     n = min(n, st.spec.max_trials - st.n_trials)
                 if n <= 0:
@@ -488,7 +486,7 @@ class StudyService:
                     del self._asking[study_id]
 
     def _ask(self, study_id: int, worker: str) -> Trial:
-        for _ in range(10):
+        for _ in range(50):
             st = self.get_study(study_id)
             if st.state != StudyState.RUNNING:
                 raise Conflict(f"study {study_id} is {st.state.value}", "not_running")
@@ -498,11 +496,12 @@ class StudyService:
             why = self._exhausted(st)
             if why:
                 raise Conflict(f"study {study_id}: {why}", "exhausted")
-            ahead = max(1, min(self._asking.get(study_id, 1), MAX_ASK_AHEAD))
-            if not self.propose(study_id, ahead, unless_waiting=True):
-                t = self.store.claim_trial(worker, study_id=study_id)
-                if t is not None:  # another client's proposal filled the queue meanwhile
-                    return t
+            with self._lock:  # re-entrant: ``propose`` takes it too
+                if self.store.trial_counts(study_id)[TrialState.WAITING]:
+                    continue  # another ask's proposal filled the queue while this one waited
+                ahead = max(1, min(self._asking.get(study_id, 1), MAX_ASK_AHEAD))
+                added = self.propose(study_id, ahead)
+            if not added:
                 raise Conflict(
                     f"study {study_id}: the optimizer has no more proposals", "exhausted"
                 )

@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from api.execution.runner import (
@@ -35,6 +36,19 @@ def new_worker_id(kind: str = "w") -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{kind}-{uuid.uuid4().hex[:6]}"
 
 
+@dataclass(frozen=True)
+class ExitPolicy:
+    """When a worker stops on its own.
+
+    parent_pid: exit (after the trial in hand) when this process is gone.
+    max_trials: exit after this many trials; idle_exit: after this many idle seconds.
+    """
+
+    parent_pid: int | None = None
+    max_trials: int | None = None
+    idle_exit: float | None = None
+
+
 class Worker:
     """The claim -> run -> report loop.
 
@@ -44,8 +58,7 @@ class Worker:
         allowed_modules: modules ``module:attribute`` pipelines may come from.
         heartbeat_interval: seconds between heartbeats of the running trial.
         study_id: work only on this study (default: any managed, running study).
-        parent_pid: exit (after the trial in hand) when this process is gone.
-        max_trials: exit after this many trials; idle_exit: after this many idle seconds.
+        exit_policy: when to exit on its own (parent gone, trial count, idle time).
     """
 
     def __init__(
@@ -56,9 +69,7 @@ class Worker:
         allowed_modules: Sequence[str] = (),
         heartbeat_interval: float = 2.0,
         study_id: int | None = None,
-        parent_pid: int | None = None,
-        max_trials: int | None = None,
-        idle_exit: float | None = None,
+        exit_policy: ExitPolicy = ExitPolicy(),
         poll: float = 0.1,
         worker_id: str | None = None,
     ) -> None:
@@ -68,9 +79,9 @@ class Worker:
         self.allowed_modules = tuple(allowed_modules)
         self.heartbeat_interval = heartbeat_interval
         self.study_id = study_id
-        self.parent_pid = parent_pid
-        self.max_trials = max_trials
-        self.idle_exit = idle_exit
+        self.parent_pid = exit_policy.parent_pid
+        self.max_trials = exit_policy.max_trials
+        self.idle_exit = exit_policy.idle_exit
         self.poll = poll
         self.id = worker_id or new_worker_id()
         self.stop = threading.Event()
@@ -154,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         a.cache_max_bytes,
         [m for m in a.allowed_modules.split(",") if m],
         a.heartbeat_interval,
-        parent_pid=a.parent_pid,
+        exit_policy=ExitPolicy(parent_pid=a.parent_pid),
         worker_id=a.worker_id,
     )
 

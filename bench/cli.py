@@ -111,7 +111,7 @@ def _register_optimizers(sub: Any) -> None:
 
 def run_optimizers(args: argparse.Namespace) -> int:
     """``eeipu bench optimizers``."""
-    from bench.optimizers import run_benchmark
+    from bench.optimizers import Execution, run_benchmark
     from eeipu.registry import optimizer_names
 
     pipelines = args.pipeline or ["synthetic-3stage", "synthetic-10stage"]
@@ -147,12 +147,14 @@ def run_optimizers(args: argparse.Namespace) -> int:
         args.seeds,
         Path(args.out),
         budget=args.budget,
-        jobs=args.jobs,
         n_warmup=args.n_warmup,
-        log=lambda m: print(m, file=sys.stderr, flush=True),
-        resume=args.resume,
         gp_kwargs=gp_kwargs,
         max_trials=args.max_trials or None,
+        execution=Execution(
+            jobs=args.jobs,
+            log=lambda m: print(m, file=sys.stderr, flush=True),
+            resume=args.resume,
+        ),
     )
     res["notes"] = notes
     if args.json:
@@ -215,7 +217,7 @@ def _register_unlearning(sub: Any) -> None:
 
 def run_unlearning(args: argparse.Namespace) -> int:
     """``eeipu bench unlearning``."""
-    from bench.unlearning import run_bench
+    from bench.unlearning import DataSource, TuningPlan, run_bench
 
     cache = None
     if args.cache:
@@ -227,14 +229,12 @@ def run_unlearning(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         out_dir=args.out,
         methods=args.methods,
-        tune_methods=args.tune_methods,
-        tune_trials=args.tune_trials,
-        optimizer=args.optimizer,
+        tuning=TuningPlan(
+            methods=args.tune_methods, trials=args.tune_trials, optimizer=args.optimizer
+        ),
         cache=cache,
-        source=args.source,
-        device=args.device,
+        data=DataSource(source=args.source, label=args.label, device=args.device),
         threads=args.threads,
-        label=args.label,
     )
     if args.json:
         emit_json(res)

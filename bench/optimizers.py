@@ -27,6 +27,7 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from bench.optuna_adapter import OptunaTPE
 from eeipu.base import Optimizer
 from eeipu.space import SearchSpace
 
-__all__ = ["OptunaTPE", "default_budget", "run_benchmark", "run_one"]
+__all__ = ["Execution", "OptunaTPE", "default_budget", "run_benchmark", "run_one"]
 
 BASELINES = ("ei", "eipu", "carbo", "random")
 CSV_FIELDS = [
@@ -291,24 +292,40 @@ def _plot(runs: Sequence[Mapping[str, Any]], pipeline: str, path: Path) -> None:
     plt.close(fig)
 
 
+@dataclass(frozen=True)
+class Execution:
+    """How ``run_benchmark`` runs its tasks (none of it changes the results).
+
+    Attributes:
+        jobs: worker processes (1: run in this process).
+        log: called with a progress line after each run (``None``: silent).
+        resume: keep the runs already in ``out_dir/runs.jsonl`` that match a task.
+    """
+
+    jobs: int = 1
+    log: Any = None
+    resume: bool = False
+
+
+_Task = tuple[str, str, int, float, int, Mapping[str, Any] | None, int | None]
+
+
 def run_benchmark(
     pipelines: Sequence[str],
     optimizers: Sequence[str],
     seeds: int,
     out_dir: Path,
     budget: float | None = None,
-    jobs: int = 1,
     n_warmup: int = 10,
-    log: Any = None,
-    resume: bool = False,
     gp_kwargs: Mapping[str, Any] | None = None,
     max_trials: int | None = None,
+    execution: Execution = Execution(),
 ) -> dict[str, Any]:
     """Run every (pipeline, optimizer, seed), write CSV / markdown / PNGs, return figures.
 
     ``gp_kwargs`` go to every GP optimizer (ablations: ``{"warp": "log"}``, ...). With
-    ``resume``, runs already in ``out_dir/runs.jsonl`` (same pipeline, optimizer, seed,
-    budget and ``max_trials``) are kept and not run again.
+    ``execution.resume``, runs already in ``out_dir/runs.jsonl`` (same pipeline, optimizer,
+    seed, budget and ``max_trials``) are kept and not run again.
     """
     from pipelines import get_pipeline
 
@@ -320,46 +337,16 @@ def run_benchmark(
     budgets = {
         p: budget if budget is not None else default_budget(get_pipeline(p)) for p in pipelines
     }
-    tasks = [
+    tasks: list[_Task] = [
         (p, o, s, budgets[p], n_warmup, gp_kwargs, max_trials)
         for p in pipelines
         for s in range(seeds)
         for o in optimizers
     ]
     t0 = time.perf_counter()
-    runs: list[dict[str, Any]] = []
-    jsonl = out_dir / "runs.jsonl"
-    if resume and jsonl.exists():
-        wanted = {(t[0], t[1], t[2]): t[3] for t in tasks}
-        for line in jsonl.read_text().splitlines():
-            r = json.loads(line)
-            key = (r["pipeline"], r["optimizer"], int(r["seed"]))
-            same_cap = r.get("max_trials") == max_trials
-            if key in wanted and float(r.get("budget", wanted[key])) == wanted[key] and same_cap:
-                runs.append(r)
-        done = {(r["pipeline"], r["optimizer"], int(r["seed"])) for r in runs}
-        tasks = [t for t in tasks if (t[0], t[1], t[2]) not in done]
-        jsonl.write_text("".join(json.dumps(r, default=str) + "\n" for r in runs))
-    else:
-        jsonl.write_text("")
-    n_total = len(runs) + len(tasks)
-    if jobs > 1:
-        with ProcessPoolExecutor(jobs) as ex:
-            futs = [ex.submit(run_one, *t) for t in tasks]
-            for f in futs:
-                runs.append(f.result())
-                _log_run(log, runs[-1], len(runs), n_total)
-                _checkpoint(out_dir, runs[-1])
-    else:
-        for t in tasks:
-            runs.append(run_one(*t))
-            _log_run(log, runs[-1], len(runs), n_total)
-            _checkpoint(out_dir, runs[-1])
-    with open(out_dir / "trials.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-        w.writeheader()
-        for r in runs:
-            w.writerows(r["rows"])
+    runs, tasks = _resumed_runs(out_dir / "runs.jsonl", tasks, execution.resume, max_trials)
+    _execute(tasks, runs, out_dir, execution)
+    _write_trials_csv(out_dir / "trials.csv", runs)
     result: dict[str, Any] = {
         "budgets": budgets,
         "seeds": seeds,
@@ -372,57 +359,13 @@ def run_benchmark(
         lines += [
             f"## {p} (budget {budgets[p]} s{cap}, {seeds} seeds, mean ± 95% CI)",
             "",
-            "| optimizer | trials | final best | gain after warm-up | reuse % | overshoot s "
-            "| median ask s | capped runs |",
-            "|---|---|---|---|---|---|---|---|",
         ]
-        per: dict[str, Any] = {}
-        for o in optimizers:
-            rs = [r for r in runs if r["pipeline"] == p and r["optimizer"] == o]
-            if not rs:
-                continue
-            stats_ = {
-                k: _ci([float(r[k]) for r in rs])
-                for k in ("n_trials", "final_best", "gain", "reuse_fraction", "overshoot")
-            }
-            asks = [float(r["ask_median"]) for r in rs if math.isfinite(float(r["ask_median"]))]
-            ask = statistics.median(asks) if asks else math.nan
-            per[o] = {k: {"mean": v[0], "ci95": v[1]} for k, v in stats_.items()}
-            per[o]["ask_median_seconds"] = ask
-            n_capped = sum(bool(r.get("capped")) for r in rs)
-            per[o]["capped_runs"] = n_capped
-            lines.append(
-                f"| {o} | {_fmt(*stats_['n_trials'])} | {_fmt(*stats_['final_best'])} | "
-                f"{_fmt(*stats_['gain'])} | {100 * stats_['reuse_fraction'][0]:.0f} | "
-                f"{stats_['overshoot'][0]:.3g} | {ask:.3f} | {n_capped}/{len(rs)} |"
-            )
+        per = _optimizer_table(runs, p, optimizers, lines)
         eq = equal_spend(runs, p, optimizers)
         if eq:
-            lines += [
-                "",
-                "Capped runs end before the budget, so counts are also compared at EQUAL "
-                "SPEND: for each seed, the least any capped run of that seed spent (mean "
-                f"{eq['spend']:.6g} s); trials whose cumulative cost stays within it. Cooling "
-                "was scheduled for the full budget.",
-                "",
-                "| optimizer | trials within spend | best within spend |",
-                "|---|---|---|",
-            ]
-            for o, v in eq["optimizers"].items():
-                lines.append(
-                    f"| {o} | {_fmt(v['n_trials']['mean'], v['n_trials']['ci95'])} | "
-                    f"{_fmt(v['best']['mean'], v['best']['ci95'])} |"
-                )
+            _equal_spend_table(eq, lines)
         pm = paper_metrics(runs, p)
-        lines += ["", "EEIPU against each baseline (the paper's two metrics):", ""]
-        lines += ["| baseline | % more candidates | candidates ratio | % larger gain |"]
-        lines += ["|---|---|---|---|"]
-        for b, m in pm.items():
-            lines.append(
-                f"| {b} | {m['more_candidates_pct']:.1f} | {m['candidates_ratio']:.2f} | "
-                f"{m['larger_gain_pct']:.1f} |"
-            )
-        lines.append("")
+        _paper_table(pm, lines)
         png = out_dir / f"{p}.png"
         _plot(runs, p, png)
         lines += [f"![{p}]({png.name})", ""]
@@ -434,6 +377,116 @@ def run_benchmark(
     result["markdown"] = str(out_dir / "summary.md")
     result["seconds"] = time.perf_counter() - t0
     return result
+
+
+def _resumed_runs(
+    jsonl: Path, tasks: list[_Task], resume: bool, max_trials: int | None
+) -> tuple[list[dict[str, Any]], list[_Task]]:
+    """The runs kept from ``jsonl`` (rewritten to hold just them) and the tasks still to run."""
+    runs: list[dict[str, Any]] = []
+    if not (resume and jsonl.exists()):
+        jsonl.write_text("")
+        return runs, tasks
+    wanted = {(t[0], t[1], t[2]): t[3] for t in tasks}
+    for line in jsonl.read_text().splitlines():
+        r = json.loads(line)
+        key = (r["pipeline"], r["optimizer"], int(r["seed"]))
+        same_cap = r.get("max_trials") == max_trials
+        if key in wanted and float(r.get("budget", wanted[key])) == wanted[key] and same_cap:
+            runs.append(r)
+    done = {(r["pipeline"], r["optimizer"], int(r["seed"])) for r in runs}
+    tasks = [t for t in tasks if (t[0], t[1], t[2]) not in done]
+    jsonl.write_text("".join(json.dumps(r, default=str) + "\n" for r in runs))
+    return runs, tasks
+
+
+def _execute(
+    tasks: Sequence[_Task], runs: list[dict[str, Any]], out_dir: Path, execution: Execution
+) -> None:
+    """Run ``tasks`` (appended to ``runs`` in task order, each logged and checkpointed)."""
+    n_total = len(runs) + len(tasks)
+    if execution.jobs > 1:
+        with ProcessPoolExecutor(execution.jobs) as ex:
+            futs = [ex.submit(run_one, *t) for t in tasks]
+            for f in futs:
+                runs.append(f.result())
+                _log_run(execution.log, runs[-1], len(runs), n_total)
+                _checkpoint(out_dir, runs[-1])
+    else:
+        for t in tasks:
+            runs.append(run_one(*t))
+            _log_run(execution.log, runs[-1], len(runs), n_total)
+            _checkpoint(out_dir, runs[-1])
+
+
+def _write_trials_csv(path: Path, runs: Sequence[Mapping[str, Any]]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for r in runs:
+            w.writerows(r["rows"])
+
+
+def _optimizer_table(
+    runs: Sequence[Mapping[str, Any]], p: str, optimizers: Sequence[str], lines: list[str]
+) -> dict[str, Any]:
+    """Append pipeline ``p``'s per-optimizer table to ``lines``; return its figures."""
+    lines += [
+        "| optimizer | trials | final best | gain after warm-up | reuse % | overshoot s "
+        "| median ask s | capped runs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    per: dict[str, Any] = {}
+    for o in optimizers:
+        rs = [r for r in runs if r["pipeline"] == p and r["optimizer"] == o]
+        if not rs:
+            continue
+        stats_ = {
+            k: _ci([float(r[k]) for r in rs])
+            for k in ("n_trials", "final_best", "gain", "reuse_fraction", "overshoot")
+        }
+        asks = [float(r["ask_median"]) for r in rs if math.isfinite(float(r["ask_median"]))]
+        ask = statistics.median(asks) if asks else math.nan
+        per[o] = {k: {"mean": v[0], "ci95": v[1]} for k, v in stats_.items()}
+        per[o]["ask_median_seconds"] = ask
+        n_capped = sum(bool(r.get("capped")) for r in rs)
+        per[o]["capped_runs"] = n_capped
+        lines.append(
+            f"| {o} | {_fmt(*stats_['n_trials'])} | {_fmt(*stats_['final_best'])} | "
+            f"{_fmt(*stats_['gain'])} | {100 * stats_['reuse_fraction'][0]:.0f} | "
+            f"{stats_['overshoot'][0]:.3g} | {ask:.3f} | {n_capped}/{len(rs)} |"
+        )
+    return per
+
+
+def _equal_spend_table(eq: Mapping[str, Any], lines: list[str]) -> None:
+    lines += [
+        "",
+        "Capped runs end before the budget, so counts are also compared at EQUAL "
+        "SPEND: for each seed, the least any capped run of that seed spent (mean "
+        f"{eq['spend']:.6g} s); trials whose cumulative cost stays within it. Cooling "
+        "was scheduled for the full budget.",
+        "",
+        "| optimizer | trials within spend | best within spend |",
+        "|---|---|---|",
+    ]
+    for o, v in eq["optimizers"].items():
+        lines.append(
+            f"| {o} | {_fmt(v['n_trials']['mean'], v['n_trials']['ci95'])} | "
+            f"{_fmt(v['best']['mean'], v['best']['ci95'])} |"
+        )
+
+
+def _paper_table(pm: Mapping[str, Mapping[str, float]], lines: list[str]) -> None:
+    lines += ["", "EEIPU against each baseline (the paper's two metrics):", ""]
+    lines += ["| baseline | % more candidates | candidates ratio | % larger gain |"]
+    lines += ["|---|---|---|---|"]
+    for b, m in pm.items():
+        lines.append(
+            f"| {b} | {m['more_candidates_pct']:.1f} | {m['candidates_ratio']:.2f} | "
+            f"{m['larger_gain_pct']:.1f} |"
+        )
+    lines.append("")
 
 
 def _checkpoint(out_dir: Path, run: Mapping[str, Any]) -> None:

@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,15 @@ import numpy as np
 from pipelines.unlearning.metrics import TOLERANCES
 from pipelines.unlearning.pipelines import METHOD_NAMES, make_pipeline
 
-__all__ = ["aggregate", "rank_correlation", "robust_score", "run_bench", "tolerance_checks"]
+__all__ = [
+    "DataSource",
+    "TuningPlan",
+    "aggregate",
+    "rank_correlation",
+    "robust_score",
+    "run_bench",
+    "tolerance_checks",
+]
 
 TABLE_METRICS = (
     "test_auc",
@@ -159,16 +168,50 @@ def _warm_up() -> None:
     opt.step()
 
 
+@dataclass(frozen=True)
+class DataSource:
+    """Where the benchmark's pipelines get their data and run.
+
+    Attributes:
+        source: the data set (``"openi"``, ``"diabetes"``, ...).
+        label: the label column the models predict.
+        device: the torch device (``None``: the pipeline's default).
+    """
+
+    source: str = "openi"
+    label: str = "abnormal"
+    device: str | None = None
+
+    def pipeline(self, method: str, frac: float, **options: Any) -> Any:
+        """``make_pipeline`` for ``method`` at forget fraction ``frac`` on this data."""
+        return make_pipeline(
+            method, frac, source=self.source, label=self.label, device=self.device, **options
+        )
+
+
+@dataclass(frozen=True)
+class TuningPlan:
+    """Which methods ``run_bench`` tunes, and how.
+
+    Attributes:
+        methods: the methods tuned (each at every forget fraction).
+        trials: tuning trials per (method, fraction); 0 tunes nothing.
+        optimizer: the optimizer that tunes them.
+    """
+
+    methods: Sequence[str] = ("forget-mi", "multidelete")
+    trials: int = 30
+    optimizer: str = "eeipu"
+
+
 def _tune_method(
     method: str,
     frac: float,
     trials: int,
     optimizer: str,
     cache: Any,
-    source: str,
-    device: str | None,
+    data: DataSource,
     log: Callable[[str], None],
-    label: str = "abnormal",
     n_rerank: int = 10,
     rerank_seeds: int = RERANK_SEEDS,
     spread_weight: float = SPREAD_WEIGHT,
@@ -185,9 +228,7 @@ def _tune_method(
     from api.tuning import tune
     from eeipu import make_optimizer
 
-    pipe = make_pipeline(
-        method, frac, source=source, label=label, device=device, tune_upstream=False
-    )
+    pipe = data.pipeline(method, frac, tune_upstream=False)
     opt = make_optimizer(
         optimizer, pipe.space, direction="maximize", seed=0, n_warmup=min(10, trials)
     )
@@ -312,31 +353,16 @@ def run_bench(
     seeds: int = 3,
     out_dir: str | None = None,
     methods: Sequence[str] = METHOD_NAMES,
-    tune_methods: Sequence[str] = ("forget-mi", "multidelete"),
-    tune_trials: int = 30,
-    optimizer: str = "eeipu",
+    tuning: TuningPlan = TuningPlan(),
     cache: Any = None,
-    source: str = "openi",
-    device: str | None = None,
+    data: DataSource = DataSource(),
     threads: int = 1,
     log: Callable[[str], None] = _log,
-    label: str = "abnormal",
 ) -> dict[str, Any]:
     """Run the comparison; returns ``rows`` (defaults), ``tuned_rows``, checks and correlations."""
     import torch
 
-    if seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {seeds}")
-    if not fractions:
-        raise ValueError("need at least one forget fraction")
-    for f in fractions:
-        if not 0.0 < f < 1.0:
-            raise ValueError(f"forget fractions must be in (0, 1), got {f}")
-    bad = [m for m in [*methods, *tune_methods] if m not in METHOD_NAMES]
-    if bad:
-        raise ValueError(f"unknown method(s) {bad}; choose from {list(METHOD_NAMES)}")
-    if tune_trials < 0:
-        raise ValueError(f"--tune-trials must be >= 0, got {tune_trials}")
+    _check_arguments(fractions, seeds, methods, tuning)
     if threads > 0:
         torch.set_num_threads(threads)
     if cache is None:
@@ -347,6 +373,67 @@ def run_bench(
         cache = open_cache(tempfile.mkdtemp(prefix="eeipu-bench-unlearning-"))
     _warm_up()
     t_start = time.perf_counter()
+    runs = _default_runs(fractions, seeds, methods, cache, data, log, t_start)
+    tuned_params: dict[str, Any] = {}
+    tuning_metrics: list[dict[str, float]] = []
+    if tuning.trials > 0:
+        tuning_metrics = _tuned_runs(fractions, seeds, tuning, cache, data, log, runs, tuned_params)
+    agg = aggregate(runs)
+    rows = [r for r in agg if r["config"] == "default"]
+    tuned_rows = [r for r in agg if r["config"] == "tuned"]
+    res: dict[str, Any] = {
+        "source": data.source,
+        "label": data.label,
+        "forget_fractions": list(fractions),
+        "seeds": list(range(seeds)),
+        "tuning_seeds": (
+            list(range(TUNING_SEED, TUNING_SEED + RERANK_SEEDS)) if tuning.trials else []
+        ),
+        "optimizer": tuning.optimizer if tuning.trials else None,
+        "tune_trials": tuning.trials,
+        "rows": rows,
+        "tuned_rows": tuned_rows,
+        "tuned_params": tuned_params,
+        "checks": tolerance_checks(agg, runs),
+        "retrain_spread": {
+            f"{frac:g}": {m: _spread(runs, frac, m) for m in TOLERANCES} for frac in fractions
+        },
+        "rank_correlation": _correlations(runs, tuning_metrics),
+        "n_tuning_trials": len(tuning_metrics),
+        "wall_seconds": time.perf_counter() - t_start,
+    }
+    if out_dir:
+        res["files"] = _write_outputs(out_dir, res)
+    return res
+
+
+def _check_arguments(
+    fractions: Sequence[float], seeds: int, methods: Sequence[str], tuning: TuningPlan
+) -> None:
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    if not fractions:
+        raise ValueError("need at least one forget fraction")
+    for f in fractions:
+        if not 0.0 < f < 1.0:
+            raise ValueError(f"forget fractions must be in (0, 1), got {f}")
+    bad = [m for m in [*methods, *tuning.methods] if m not in METHOD_NAMES]
+    if bad:
+        raise ValueError(f"unknown method(s) {bad}; choose from {list(METHOD_NAMES)}")
+    if tuning.trials < 0:
+        raise ValueError(f"--tune-trials must be >= 0, got {tuning.trials}")
+
+
+def _default_runs(
+    fractions: Sequence[float],
+    seeds: int,
+    methods: Sequence[str],
+    cache: Any,
+    data: DataSource,
+    log: Callable[[str], None],
+    t_start: float,
+) -> list[dict[str, Any]]:
+    """Every method (and ``retrain``) with its default parameters, at every fraction and seed."""
     runs: list[dict[str, Any]] = []
     order = list(methods)
     if "retrain" not in order:
@@ -354,7 +441,7 @@ def run_bench(
     for frac in fractions:
         for seed in range(seeds):
             for m in order:
-                pipe = make_pipeline(m, frac, source=source, label=label, device=device)
+                pipe = data.pipeline(m, frac)
                 rec = pipe.run(pipe.defaults, cache=cache, seed=seed)
                 runs.append(
                     {
@@ -366,37 +453,52 @@ def run_bench(
                     }
                 )
             log(f"defaults @ {frac:.0%} seed {seed}: done ({time.perf_counter() - t_start:.0f} s)")
-    tuned_params: dict[str, Any] = {}
+    return runs
+
+
+def _tuned_runs(
+    fractions: Sequence[float],
+    seeds: int,
+    tuning: TuningPlan,
+    cache: Any,
+    data: DataSource,
+    log: Callable[[str], None],
+    runs: list[dict[str, Any]],
+    tuned_params: dict[str, Any],
+) -> list[dict[str, float]]:
+    """Tune each method at each fraction, run the winner on every seed (into ``runs``, its
+    parameters into ``tuned_params``); return the tuning trials' metrics."""
     tuning_metrics: list[dict[str, float]] = []
-    if tune_trials > 0:
-        for frac in fractions:
-            for m in tune_methods:
-                params, trial_metrics = _tune_method(
-                    m, frac, tune_trials, optimizer, cache, source, device, log, label
+    for frac in fractions:
+        for m in tuning.methods:
+            params, trial_metrics = _tune_method(
+                m, frac, tuning.trials, tuning.optimizer, cache, data, log
+            )
+            tuning_metrics += trial_metrics
+            tuned_params[f"{m}@{frac:g}"] = params["unlearn"]
+            pipe = data.pipeline(m, frac, tune_upstream=False)
+            for seed in range(seeds):
+                rec = pipe.run(params, cache=cache, seed=seed)
+                runs.append(
+                    {
+                        "method": m,
+                        "config": "tuned",
+                        "forget_fraction": frac,
+                        "seed": seed,
+                        "metrics": rec.metrics,
+                        "params": params["unlearn"],
+                    }
                 )
-                tuning_metrics += trial_metrics
-                tuned_params[f"{m}@{frac:g}"] = params["unlearn"]
-                pipe = make_pipeline(
-                    m, frac, source=source, label=label, device=device, tune_upstream=False
-                )
-                for seed in range(seeds):
-                    rec = pipe.run(params, cache=cache, seed=seed)
-                    runs.append(
-                        {
-                            "method": m,
-                            "config": "tuned",
-                            "forget_fraction": frac,
-                            "seed": seed,
-                            "metrics": rec.metrics,
-                            "params": params["unlearn"],
-                        }
-                    )
-    agg = aggregate(runs)
-    rows = [r for r in agg if r["config"] == "default"]
-    tuned_rows = [r for r in agg if r["config"] == "tuned"]
+    return tuning_metrics
+
+
+def _correlations(
+    runs: Sequence[Mapping[str, Any]], tuning_metrics: Sequence[Mapping[str, float]]
+) -> dict[str, float]:
+    """Spearman correlations of the retrain-free objective with the retrain-based score."""
     dflt = [r["metrics"] for r in runs if r["config"] == "default" and r["method"] != "retrain"]
     tuned = [r["metrics"] for r in runs if r["config"] == "tuned"]
-    corr = {
+    return {
         "default_runs": rank_correlation(
             [m["objective"] for m in dflt], [m["retrain_score"] for m in dflt]
         ),
@@ -409,27 +511,3 @@ def run_bench(
             [m["retrain_score"] for m in (*dflt, *tuned, *tuning_metrics)],
         ),
     }
-    res: dict[str, Any] = {
-        "source": source,
-        "label": label,
-        "forget_fractions": list(fractions),
-        "seeds": list(range(seeds)),
-        "tuning_seeds": (
-            list(range(TUNING_SEED, TUNING_SEED + RERANK_SEEDS)) if tune_trials else []
-        ),
-        "optimizer": optimizer if tune_trials else None,
-        "tune_trials": tune_trials,
-        "rows": rows,
-        "tuned_rows": tuned_rows,
-        "tuned_params": tuned_params,
-        "checks": tolerance_checks(agg, runs),
-        "retrain_spread": {
-            f"{frac:g}": {m: _spread(runs, frac, m) for m in TOLERANCES} for frac in fractions
-        },
-        "rank_correlation": corr,
-        "n_tuning_trials": len(tuning_metrics),
-        "wall_seconds": time.perf_counter() - t_start,
-    }
-    if out_dir:
-        res["files"] = _write_outputs(out_dir, res)
-    return res

@@ -24,7 +24,7 @@ from eeipu.models import DTYPE, SurrogateGP
 from eeipu.prefixes import PrefixPlan
 from eeipu.space import SearchSpace
 
-__all__ = ["ScoredRows", "select_batch"]
+__all__ = ["BatchReuse", "ScoredRows", "select_batch"]
 
 
 @dataclass
@@ -110,6 +110,21 @@ def _batch_prefix_rows(
     return ScoredRows(configurations, X, index, log_inverse, predicted)
 
 
+@dataclass(frozen=True)
+class BatchReuse:
+    """How a pick's prefixes feed the later picks of the same batch.
+
+    Attributes:
+        memoize: whether picks' prefixes join the pool.
+        batch_load_seconds: the load cost assumed for a prefix a pick will produce.
+        n_top_rows: how many of the best rows get each batch prefix pinned in.
+    """
+
+    memoize: bool
+    batch_load_seconds: float
+    n_top_rows: int
+
+
 def select_batch(
     n: int,
     space: SearchSpace,
@@ -119,9 +134,7 @@ def select_batch(
     rows: ScoredRows,
     seen: set[str],
     room: float,
-    memoize: bool,
-    batch_load_seconds: float,
-    n_top_rows: int,
+    reuse: BatchReuse,
     history: Sequence[Observation],
 ) -> list[Candidate]:
     """Up to ``n`` picks, greedily.
@@ -135,9 +148,7 @@ def select_batch(
         rows: the scored candidates (extended by rows that reuse batch prefixes).
         seen: ids of the configurations seen or pending (picks are added).
         room: seconds of budget the picks may still spend.
-        memoize: whether picks' prefixes join the pool.
-        batch_load_seconds: the load cost assumed for a prefix a pick will produce.
-        n_top_rows: how many of the best rows get each batch prefix pinned in.
+        reuse: whether and how picks' prefixes join the pool for the later picks.
         history: the observations (the model-free cost estimate).
     """
     n_stages = len(space.stage_names)
@@ -174,9 +185,9 @@ def select_batch(
         if len(picks) == n:
             break
         model = believer.with_fantasies(torch.stack(picked_X))
-        if not memoize:
+        if not reuse.memoize:
             continue
-        top_rows = score.argsort(descending=True)[:n_top_rows].tolist()
+        top_rows = score.argsort(descending=True)[: reuse.n_top_rows].tolist()
         more = _batch_prefix_rows(
             space,
             acquisition,
@@ -185,7 +196,7 @@ def select_batch(
             chosen,
             top_rows,
             in_pool,
-            batch_load_seconds,
+            reuse.batch_load_seconds,
             history,
         )
         if more is not None:

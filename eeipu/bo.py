@@ -31,7 +31,7 @@ from torch.quasirandom import SobolEngine
 
 from eeipu.acquisition import cooling_eta, normal_base_samples
 from eeipu.base import BudgetState, CachedPrefix, Candidate, Observation, Optimizer, Pending
-from eeipu.batch import ScoredRows, select_batch
+from eeipu.batch import BatchReuse, ScoredRows, select_batch
 from eeipu.candidates import (
     PlannedAcquisition,
     PrefixTable,
@@ -103,7 +103,8 @@ class CostAwareBO(Optimizer):
     cooling = False
     inverse = "mean"
 
-    def __init__(
+    # Optimizer tuning knobs are optional keywords a user sets; keyword-only is the design.
+    def __init__(  # noqa: PLR0913
         self,
         space: SearchSpace,
         direction: str = "maximize",
@@ -294,9 +295,7 @@ class CostAwareBO(Optimizer):
             rows_scored,
             self._seen(history, pending),
             budget.remaining + budget.margin - committed,
-            self.memoize,
-            batch_load,
-            n_raw,
+            BatchReuse(memoize=self.memoize, batch_load_seconds=batch_load, n_top_rows=n_raw),
             history,
         )
         self.last_info = {"eta": eta, "n_prefixes": len(plans), "n_rows": int(X_all.shape[0])}

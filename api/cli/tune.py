@@ -6,9 +6,12 @@ import argparse
 import math
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from api.cli.common import add_cache_arg, emit_json, open_cache_from
+
+if TYPE_CHECKING:
+    from api.tuning import TuneResult
 
 OPTIMIZERS = ("eeipu", "ei", "eipu", "carbo", "random")
 
@@ -63,21 +66,10 @@ def _on_sigterm(*_: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from api.service import StudyRequest
     from api.store import open_store
-    from api.tuning import MEMORY_STORE, StudyFailed, StudyRun, TrialSummary, TuneResult
+    from api.tuning import MEMORY_STORE, StudyFailed, StudyRun
     from pipelines import get_pipeline
 
-    if not (args.budget > 0):
-        raise ValueError(f"--budget must be positive, got {args.budget}")
-    if args.max_trials is not None and args.max_trials < 1:
-        raise ValueError(f"--max-trials must be >= 1, got {args.max_trials}")
-    if args.budget_margin < 0:
-        raise ValueError(f"--budget-margin must be >= 0, got {args.budget_margin}")
-    if args.n_warmup < 1:
-        raise ValueError(f"--n-warmup must be >= 1, got {args.n_warmup}")
-    if not 1 <= args.max_consecutive_failures <= 1000:
-        raise ValueError("--max-consecutive-failures must be between 1 and 1000")
-    if not math.isfinite(args.budget) and args.max_trials is None:
-        raise ValueError("an unlimited --budget needs --max-trials")
+    _check_args(args)
     pipe = get_pipeline(args.pipeline)
     objective = args.objective or pipe.objective
     pipe.check_objective(objective)  # before any work: ValueError, exit 2
@@ -102,6 +94,56 @@ def run(args: argparse.Namespace) -> int:
         max_consecutive_failures=args.max_consecutive_failures,
         optimizer_options={"n_warmup": args.n_warmup},
     )
+    bar, sinks = _progress_bar(args)
+    store = open_store(url, pool_size=2)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    rc = 0
+    try:
+        study = None
+        try:
+            study = StudyRun(store, pipe, req, cache, sinks=sinks, budget=args.budget)
+            res: TuneResult = study.run()
+        except StudyFailed as e:
+            res, rc = e.result, 1
+            sys.stderr.write(f"eeipu: study failed: {e}\n")
+        except (KeyboardInterrupt, Terminated) as e:
+            if study is None:
+                raise
+            term = isinstance(e, Terminated)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop at a time
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            res = study.interrupt("interrupted by " + ("SIGTERM" if term else "SIGINT"))
+            rc = 143 if term else 130
+            sys.stderr.write(f"eeipu: interrupted; study {study.study_id} is stopped (resumable)\n")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if bar is not None:
+            bar.close()
+        store.close()
+    _report(args, res)
+    return rc
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """The option checks of ``eeipu tune`` (``ValueError``, exit 2), before any work."""
+    if not (args.budget > 0):
+        raise ValueError(f"--budget must be positive, got {args.budget}")
+    if args.max_trials is not None and args.max_trials < 1:
+        raise ValueError(f"--max-trials must be >= 1, got {args.max_trials}")
+    if args.budget_margin < 0:
+        raise ValueError(f"--budget-margin must be >= 0, got {args.budget_margin}")
+    if args.n_warmup < 1:
+        raise ValueError(f"--n-warmup must be >= 1, got {args.n_warmup}")
+    if not 1 <= args.max_consecutive_failures <= 1000:
+        raise ValueError("--max-consecutive-failures must be between 1 and 1000")
+    if not math.isfinite(args.budget) and args.max_trials is None:
+        raise ValueError("an unlimited --budget needs --max-trials")
+
+
+def _progress_bar(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    """The tqdm bar (``None`` with ``--no-progress``) and the trial sinks that advance it."""
+    from api.tuning import TrialSummary
+
     sinks: list[Any] = []
     bar = None
     if not args.no_progress:
@@ -130,37 +172,17 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix(trials=t.number + 1, best=best, reused=t.reused_depth)
 
         sinks.append(progress)
-    store = open_store(url, pool_size=2)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    rc = 0
-    try:
-        study = None
-        try:
-            study = StudyRun(store, pipe, req, cache, sinks=sinks, budget=args.budget)
-            res: TuneResult = study.run()
-        except StudyFailed as e:
-            res, rc = e.result, 1
-            sys.stderr.write(f"eeipu: study failed: {e}\n")
-        except (KeyboardInterrupt, Terminated) as e:
-            if study is None:
-                raise
-            term = isinstance(e, Terminated)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop at a time
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            res = study.interrupt("interrupted by " + ("SIGTERM" if term else "SIGINT"))
-            rc = 143 if term else 130
-            sys.stderr.write(f"eeipu: interrupted; study {study.study_id} is stopped (resumable)\n")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if bar is not None:
-            bar.close()
-        store.close()
+    return bar, sinks
+
+
+def _report(args: argparse.Namespace, res: TuneResult) -> None:
+    """Print the study's summary (JSON with ``--json``)."""
     out = res.summary()
     if args.db is not None:
         out["db"] = {"url": args.db, "study_id": res.study_id, "state": res.state}
     if args.json:
         emit_json(out)
-        return rc
+        return
     print(
         f"{out['optimizer']} on {out['pipeline']}: {out['n_trials']} trials "
         f"({out['n_trials_reusing_cache']} reused a cached prefix), "
@@ -171,7 +193,6 @@ def run(args: argparse.Namespace) -> int:
     for stage, params in (out["best_params"] or {}).items():
         print(f"  {stage}: {params}")
     _print_metrics(out.get("best_metrics") or {})
-    return rc
 
 
 REFERENCES = ("retrained", "original")

@@ -47,7 +47,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from api.store import open_store
-    from api.worker import Worker
+    from api.worker import ExitPolicy, Worker
 
     s = Settings()
     if args.max_trials is not None and args.max_trials < 1:
@@ -67,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
         s.allowed_pipeline_modules,
         s.heartbeat_interval,
         study_id=args.study,
-        max_trials=args.max_trials,
-        idle_exit=args.idle_exit,
+        exit_policy=ExitPolicy(max_trials=args.max_trials, idle_exit=args.idle_exit),
     )
     signal.signal(signal.SIGTERM, lambda *_: w.stop.set())
     try:

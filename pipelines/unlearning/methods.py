@@ -36,7 +36,18 @@ from pipelines.unlearning.model import (
     state_cpu,
 )
 
-__all__ = ["INFO_KEYS", "METHODS", "ForgetMIConfig", "Unlearned", "forget_mi", "run_method"]
+__all__ = [
+    "INFO_KEYS",
+    "METHODS",
+    "ForgetMIConfig",
+    "MultiDeleteConfig",
+    "ScrubConfig",
+    "Unlearned",
+    "forget_mi",
+    "multidelete",
+    "run_method",
+    "scrub",
+]
 
 
 @dataclass
@@ -327,6 +338,14 @@ def _schedule(
     raise ValueError(f"schedule must be 'cosine' or 'constant', got {kind!r}")
 
 
+def _check_params(config: type, method: str, params: Mapping[str, Any]) -> None:
+    """A ``TypeError`` naming the ``params`` that are not fields of the dataclass ``config``."""
+    known = {f.name for f in fields(config)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise TypeError(f"{method} got unknown parameters {unknown}; known: {sorted(known)}")
+
+
 # ---------------------------------------------------------------- Forget-MI
 @dataclass(frozen=True)
 class ForgetMIConfig:
@@ -467,26 +486,42 @@ def _forget_mi_params(
 
 
 # ---------------------------------------------------------------- MultiDelete
+@dataclass(frozen=True)
+class MultiDeleteConfig:
+    """MultiDelete's hyperparameters (the unlearn stage's parameters, as for Forget-MI).
+
+    The field names are the stage's parameter names; the defaults are the method's own.
+    """
+
+    lr: float = 1e-3
+    epochs: int = 5
+    batch_size: int = 32
+    alpha: float = 1.0
+    beta: float = 1.0
+    unimodal: str = "both"
+    retain_ratio: int = 2
+    early_stop: str | bool = False
+    auc_gap: float = 0.0
+    max_val_drop: float = 1.0
+    w_ce: float = 0.0
+    decouple: str = "text"
+    val_weight: float = 3.0
+    patience: int = 10
+    steps: int = 0
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> MultiDeleteConfig:
+        """A configuration from stage parameters (``TypeError`` naming unknown ones)."""
+        _check_params(cls, "multidelete", params)
+        return cls(**params)
+
+
 def multidelete(
     orig: TrainedModel,
     feats: Features,
     seed: int,
     device: str,
-    lr: float = 1e-3,
-    epochs: int = 5,
-    batch_size: int = 32,
-    alpha: float = 1.0,
-    beta: float = 1.0,
-    unimodal: str = "both",
-    retain_ratio: int = 2,
-    early_stop: str | bool = False,
-    auc_gap: float = 0.0,
-    max_val_drop: float = 1.0,
-    w_ce: float = 0.0,
-    decouple: str = "text",
-    val_weight: float = 3.0,
-    patience: int = 10,
-    steps: int = 0,
+    config: MultiDeleteConfig | None = None,
 ) -> Unlearned:
     """MultiDelete: ``L = L_MD + alpha * L_MKR + beta * L_UKR``, AdamW + cosine schedule.
 
@@ -494,13 +529,15 @@ def multidelete(
     ``early_stop`` / ``auc_gap`` / ``max_val_drop`` / ``w_ce`` as in ``forget_mi``;
     ``decouple`` picks which side is shuffled in the decoupling target (see
     ``multidelete_losses``; ``"text"`` is the paper's). ``steps`` as in ``forget_mi``.
+    ``config`` (default ``MultiDeleteConfig()``) holds the hyperparameters.
     """
+    c = config if config is not None else MultiDeleteConfig()
     t0 = time.perf_counter()
     og, ul, dev = _start(orig, device, seed)
     data = _Data(feats, dev, seed)
-    stop = Stopper(early_stop, og, data, auc_gap, max_val_drop, val_weight, patience)
-    opt = _adamw(ul.parameters(), lr)
-    epochs, planned = _plan(data, batch_size, epochs, steps)
+    stop = Stopper(c.early_stop, og, data, c.auc_gap, c.max_val_drop, c.val_weight, c.patience)
+    opt = _adamw(ul.parameters(), c.lr)
+    epochs, planned = _plan(data, c.batch_size, c.epochs, c.steps)
     sched = _schedule(opt, "cosine", planned)
     ul.eval()
     last: dict[str, float] = {}
@@ -509,17 +546,17 @@ def multidelete(
     for _ in range(epochs):
         if stopped:
             break
-        for xi_f, xt_f, _y in data.batches(data.f, batch_size):
+        for xi_f, xt_f, _y in data.batches(data.f, c.batch_size):
             if steps >= planned:
                 stopped = True
                 break
             steps += 1
-            xi_r, xt_r, y_r = data.sample(data.r, retain_ratio * batch_size)
+            xi_r, xt_r, y_r = data.sample(data.r, c.retain_ratio * c.batch_size)
             keep: dict[str, torch.Tensor] = {}
-            d = multidelete_losses(ul, og, xi_f, xt_f, xi_r, xt_r, unimodal, decouple, keep)
-            loss = d["md"] + alpha * d["mkr"] + beta * d["ukr"]
-            if w_ce > 0:  # ul is in eval mode: head(h_r) is exactly ul(xi_r, xt_r)
-                loss = loss + w_ce * F.cross_entropy(ul.head(keep["h_r"]), y_r)
+            d = multidelete_losses(ul, og, xi_f, xt_f, xi_r, xt_r, c.unimodal, c.decouple, keep)
+            loss = d["md"] + c.alpha * d["mkr"] + c.beta * d["ukr"]
+            if c.w_ce > 0:  # ul is in eval mode: head(h_r) is exactly ul(xi_r, xt_r)
+                loss = loss + c.w_ce * F.cross_entropy(ul.head(keep["h_r"]), y_r)
             last = {k: float(v.detach()) for k, v in d.items()}
             if stopped := stop.step(ul, loss, opt, sched):
                 break
@@ -536,6 +573,13 @@ def multidelete(
         kept_step=stop.best_step if stop.mode == "best" else steps,
         **info,
     )
+
+
+def _multidelete_params(
+    orig: TrainedModel, feats: Features, seed: int, device: str, **params: Any
+) -> Unlearned:
+    """``multidelete`` called with stage parameters (as every method in ``METHODS`` is)."""
+    return multidelete(orig, feats, seed, device, MultiDeleteConfig.from_params(params))
 
 
 # ---------------------------------------------------------------- baselines
@@ -602,48 +646,73 @@ def neggrad_plus(
     return _done(ul, t0, dev)
 
 
+@dataclass(frozen=True)
+class ScrubConfig:
+    """SCRUB's hyperparameters (the unlearn stage's parameters, as for Forget-MI).
+
+    The field names are the stage's parameter names; the defaults are the method's own.
+    """
+
+    lr: float = 5e-4
+    epochs: int = 3
+    max_steps: int = 2
+    batch_size: int = 64
+    alpha: float = 1.0
+    gamma: float = 1.0
+    temperature: float = 2.0
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> ScrubConfig:
+        """A configuration from stage parameters (``TypeError`` naming unknown ones)."""
+        _check_params(cls, "scrub", params)
+        return cls(**params)
+
+
 def scrub(
     orig: TrainedModel,
     feats: Features,
     seed: int,
     device: str,
-    lr: float = 5e-4,
-    epochs: int = 3,
-    max_steps: int = 2,
-    batch_size: int = 64,
-    alpha: float = 1.0,
-    gamma: float = 1.0,
-    temperature: float = 2.0,
+    config: ScrubConfig | None = None,
 ) -> Unlearned:
     """SCRUB: the student (copy) moves away from the teacher (original) on D_f and stays close
     on D_r.
 
     Max step (first ``max_steps`` epochs): ``L = -KL(p_og || p_ul)`` on forget batches.
     Min step (every epoch): ``L = alpha * KL(p_og || p_ul) + gamma * CE`` on retain batches.
+    ``config`` (default ``ScrubConfig()``) holds the hyperparameters.
     """
+    c = config if config is not None else ScrubConfig()
     t0 = time.perf_counter()
     og, ul, dev = _start(orig, device, seed)
     data = _Data(feats, dev, seed)
-    opt = _adamw(ul.parameters(), lr)
+    opt = _adamw(ul.parameters(), c.lr)
     ul.train()
-    for ep in range(epochs):
-        if ep < max_steps:
-            for xi, xt, _y in data.batches(data.f, batch_size):
+    for ep in range(c.epochs):
+        if ep < c.max_steps:
+            for xi, xt, _y in data.batches(data.f, c.batch_size):
                 with torch.no_grad():
                     tl = og(xi, xt)
-                loss = -scrub_kl(ul(xi, xt), tl, temperature)
+                loss = -scrub_kl(ul(xi, xt), tl, c.temperature)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-        for xi, xt, y in data.batches(data.r, batch_size):
+        for xi, xt, y in data.batches(data.r, c.batch_size):
             with torch.no_grad():
                 tl = og(xi, xt)
             sl = ul(xi, xt)
-            loss = alpha * scrub_kl(sl, tl, temperature) + gamma * F.cross_entropy(sl, y)
+            loss = c.alpha * scrub_kl(sl, tl, c.temperature) + c.gamma * F.cross_entropy(sl, y)
             opt.zero_grad()
             loss.backward()
             opt.step()
     return _done(ul, t0, dev)
+
+
+def _scrub_params(
+    orig: TrainedModel, feats: Features, seed: int, device: str, **params: Any
+) -> Unlearned:
+    """``scrub`` called with stage parameters (as every method in ``METHODS`` is)."""
+    return scrub(orig, feats, seed, device, ScrubConfig.from_params(params))
 
 
 def _last_k_params(ul: FusionNet, k: int) -> list[torch.nn.Parameter]:
@@ -697,10 +766,10 @@ def eu_k(
 
 METHODS: dict[str, Callable[..., Unlearned]] = {
     "forget-mi": _forget_mi_params,
-    "multidelete": multidelete,
+    "multidelete": _multidelete_params,
     "finetune": finetune,
     "neggrad-plus": neggrad_plus,
-    "scrub": scrub,
+    "scrub": _scrub_params,
     "cf-k": cf_k,
     "eu-k": eu_k,
 }

@@ -22,6 +22,7 @@ from torch import nn
 __all__ = [
     "FusionNet",
     "ModelConfig",
+    "TrainConfig",
     "TrainedModel",
     "build",
     "layer_groups",
@@ -127,20 +128,33 @@ def _tensors(
     )
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimizer settings of ``train_model``."""
+
+    lr: float
+    epochs: int
+    weight_decay: float
+    batch_size: int
+
+
 def train_model(
     cfg: ModelConfig,
     text: np.ndarray,
     image: np.ndarray,
     y: np.ndarray,
     idx: np.ndarray,
-    lr: float,
-    epochs: int,
-    weight_decay: float,
-    batch_size: int,
+    train: TrainConfig,
     seed: int,
     device: str = "cpu",
 ) -> TrainedModel:
     """Train from scratch on rows ``idx`` (Adam with decoupled weight decay, cross-entropy)."""
+    lr, epochs, weight_decay, batch_size = (
+        train.lr,
+        train.epochs,
+        train.weight_decay,
+        train.batch_size,
+    )
     torch.manual_seed(seed)
     dev = resolve_device(device)
     t0 = time.perf_counter()

@@ -30,7 +30,13 @@ from pipelines.unlearning.metrics import (
     model_metrics,
     retrain_free_objective,
 )
-from pipelines.unlearning.model import ModelConfig, TrainedModel, predict_proba, train_model
+from pipelines.unlearning.model import (
+    ModelConfig,
+    TrainConfig,
+    TrainedModel,
+    predict_proba,
+    train_model,
+)
 from pipelines.unlearning.names import METHOD_NAMES
 
 __all__ = [
@@ -321,10 +327,10 @@ def make_pipeline(
         s = _seed(seed)
         cfg = ModelConfig(f.text.shape[1], f.image.shape[1], hidden, dropout)
 
+        train = TrainConfig(lr, epochs, weight_decay, _BATCH)
+
         def fit(idx: np.ndarray) -> TrainedModel:
-            return train_model(
-                cfg, f.text, f.image, f.y, idx, lr, epochs, weight_decay, _BATCH, s, dev
-            )
+            return train_model(cfg, f.text, f.image, f.y, idx, train, s, dev)
 
         orig = fit(f.split.train)
         retr = fit(f.split.retain)
@@ -392,7 +398,7 @@ def make_pipeline(
         Stage("featurize", featurize_stage, f_space, version="2"),
         Stage("train", train_stage, t_space, version="2"),
         Stage("unlearn", unlearn_stage, UNLEARN_SPACES[method], version=version),
-        Stage("evaluate", evaluate_stage, {}, version="3"),
+        Stage("evaluate", evaluate_stage, {}, version="4"),
     ]
     pipe = UnlearningPipeline(
         method,

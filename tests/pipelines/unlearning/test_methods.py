@@ -9,7 +9,13 @@ import torch
 from pipelines.unlearning.data import diabetes_fixture, split_patients
 from pipelines.unlearning.features import Features, featurize
 from pipelines.unlearning.methods import METHODS, run_method
-from pipelines.unlearning.model import ModelConfig, TrainedModel, resolve_device, train_model
+from pipelines.unlearning.model import (
+    ModelConfig,
+    TrainConfig,
+    TrainedModel,
+    resolve_device,
+    train_model,
+)
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +23,9 @@ def setup() -> tuple[TrainedModel, Features]:
     d = diabetes_fixture()
     f = featurize(d, split_patients(d.groups, 0.1, 0))
     cfg = ModelConfig(f.text.shape[1], f.image.shape[1], hidden=16, dropout=0.1)
-    m = train_model(cfg, f.text, f.image, f.y, f.split.train, 1e-2, 10, 1e-4, 64, seed=0)
+    m = train_model(
+        cfg, f.text, f.image, f.y, f.split.train, TrainConfig(1e-2, 10, 1e-4, 64), seed=0
+    )
     return m, f
 
 

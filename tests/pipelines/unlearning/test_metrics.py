@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 
@@ -19,7 +17,7 @@ from pipelines.unlearning.metrics import (
     sample_features,
     sample_svc_attack,
 )
-from pipelines.unlearning.model import ModelConfig, predict_proba, train_model
+from pipelines.unlearning.model import ModelConfig, TrainConfig, predict_proba, train_model
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +30,8 @@ def memorised() -> dict[str, np.ndarray]:
     y = rng.integers(0, 2, size=n)
     a, b, c = np.arange(0, 200), np.arange(200, 400), np.arange(400, 600)
     cfg = ModelConfig(16, 8, hidden=128, dropout=0.0)
-    kw: dict[str, Any] = {
-        "lr": 3e-3,
-        "epochs": 150,
-        "weight_decay": 0.0,
-        "batch_size": 50,
-        "seed": 0,
-    }
-    over = train_model(cfg, text, image, y, a, **kw)
+    train = TrainConfig(lr=3e-3, epochs=150, weight_decay=0.0, batch_size=50)
+    over = train_model(cfg, text, image, y, a, train, seed=0)
     return {
         "y": y,
         "a": a,
