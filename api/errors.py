@@ -74,5 +74,5 @@ def status_of(exc: ServiceError) -> int:
     """The HTTP status of a domain error (the nearest class in ``STATUS``)."""
     for cls in type(exc).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return 400

@@ -85,9 +85,10 @@ def _joblib_getter(where: Path, arr: np.ndarray) -> Any:
         return None
     mem = joblib.Memory(str(where), verbose=0)
 
-    @mem.cache
-    def produce(size: int) -> np.ndarray:
+    def compute(size: int) -> np.ndarray:
         return arr
+
+    produce = mem.cache(compute)
 
     produce(arr.size)
     produce(arr.size)

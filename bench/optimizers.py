@@ -78,7 +78,7 @@ def default_budget(pipeline: Any, n_full_runs: float = 50.0, seed: int = 0) -> f
     """``n_full_runs`` times the mean cost of a full run of random configurations."""
     rng = random.Random(seed)
     costs = [pipeline.run(pipeline.space.sample(rng)).total_cost_seconds for _ in range(20)]
-    return round(n_full_runs * statistics.mean(costs), 1)
+    return round(float(n_full_runs * statistics.mean(costs)), 1)
 
 
 def run_one(

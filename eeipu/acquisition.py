@@ -15,9 +15,10 @@ perfectly correlated as they were with the published code's shared sampler.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
-from botorch.acquisition import AcquisitionFunction
+from botorch.acquisition.acquisition import AcquisitionFunction
 from botorch.acquisition.analytic import _log_ei_helper
 from torch import Tensor
 from torch.quasirandom import SobolEngine
@@ -51,7 +52,7 @@ def normal_base_samples(n_samples: int, n_stages: int, seed: int) -> Tensor:
     eng = SobolEngine(max(1, n_stages), scramble=True, seed=seed)
     u = eng.draw(n_samples, dtype=DTYPE)[:, :n_stages]
     u = u.clamp(1e-6, 1 - 1e-6)
-    return torch.special.ndtri(u)
+    return cast(Tensor, torch.special.ndtri(u))
 
 
 def _log_total(log_parts: Tensor, include: Tensor, log_load: Tensor) -> Tensor:

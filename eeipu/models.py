@@ -17,7 +17,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from botorch.models import SingleTaskGP
@@ -85,7 +85,7 @@ class SurrogateGP:
     def _prior_mean(self, X: Tensor) -> Tensor:
         """The GP's prior mean at ``X`` (``m x d``), ``m x 1`` (standardised units)."""
         assert self.model is not None
-        return self.model.mean_module(X).reshape(-1, 1)
+        return cast(Tensor, self.model.mean_module(X).reshape(-1, 1))
 
     def _factor(self) -> tuple[Tensor, Tensor]:
         """Cholesky factor of the training covariance and the weights (cached)."""
@@ -186,7 +186,7 @@ def _terms_matrix(terms: list[_Term], x1: Tensor, x2: Tensor, diag: bool = False
 
 
 def _dense(t: Any) -> Tensor:
-    return t.to_dense() if hasattr(t, "to_dense") else t
+    return cast(Tensor, t.to_dense() if hasattr(t, "to_dense") else t)
 
 
 def kernel_matrix(kern: Kernel, x1: Tensor, x2: Tensor, diag: bool = False) -> Tensor:
@@ -200,7 +200,7 @@ def kernel_matrix(kern: Kernel, x1: Tensor, x2: Tensor, diag: bool = False) -> T
         parts = [kernel_matrix(k, x1, x2, diag) for k in kern.kernels]
         return torch.stack(parts).sum(0)
     if isinstance(kern, ScaleKernel):
-        return kern.outputscale * kernel_matrix(kern.base_kernel, x1, x2, diag)
+        return cast(Tensor, kern.outputscale * kernel_matrix(kern.base_kernel, x1, x2, diag))
     if isinstance(kern, RBFKernel):
         if kern.active_dims is not None:
             x1, x2 = x1[..., kern.active_dims], x2[..., kern.active_dims]
@@ -250,7 +250,7 @@ def linear_trend(X: Tensor, Y: Tensor, ridge: float = 1e-2) -> Tensor:
     F = torch.cat([X, torch.ones(n, 1, dtype=X.dtype)], -1)
     reg = ridge * torch.eye(d + 1, dtype=X.dtype)
     reg[-1, -1] = 1e-9  # the intercept is not shrunk
-    return torch.linalg.solve(F.T @ F + reg, F.T @ Y.reshape(-1, 1)).reshape(-1)
+    return cast(Tensor, torch.linalg.solve(F.T @ F + reg, F.T @ Y.reshape(-1, 1)).reshape(-1))
 
 
 def _build(

@@ -209,7 +209,7 @@ class Categorical(Param):
         if len({(type(c).__name__, c) for c in self.choices}) != len(self.choices):
             raise ValueError(f"Categorical choices must be distinct, got {list(self.choices)}")
 
-    @property  # type: ignore[override]
+    @property
     def dims(self) -> int:
         return len(self.choices)
 

@@ -41,7 +41,7 @@ class DaskExecutor(Executor):
     @property
     def capacity(self) -> int:
         try:
-            return max(1, sum(self.client.nthreads().values()))
+            return max(1, int(sum(self.client.nthreads().values())))
         except Exception:
             return 1
 

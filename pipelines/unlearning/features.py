@@ -71,7 +71,8 @@ def _standardise(x: np.ndarray, train: np.ndarray) -> np.ndarray:
     mu = x[train].mean(axis=0)
     sd = x[train].std(axis=0)
     sd = np.where(sd > 1e-8, sd, 1.0)
-    return ((x - mu) / sd).astype(np.float32)
+    out: np.ndarray = ((x - mu) / sd).astype(np.float32)
+    return out
 
 
 def _svd(x: Any, train: np.ndarray, dim: int, seed: int) -> np.ndarray:

@@ -118,7 +118,7 @@ def _eval_logits(model: FusionNet, part: tuple[torch.Tensor, ...]) -> torch.Tens
     if was:
         model.eval()
     with torch.no_grad():
-        out = model(part[0], part[1])
+        out: torch.Tensor = model(part[0], part[1])
     if was:
         model.train(True)
     return out

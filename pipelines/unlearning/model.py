@@ -76,7 +76,8 @@ class FusionNet(nn.Module):
 
     def forward(self, xi: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
         zi, zt = self.encode(xi, xt)
-        return self.head(self.drop(self.fuse(zi, zt)))
+        out: torch.Tensor = self.head(self.drop(self.fuse(zi, zt)))
+        return out
 
 
 def layer_groups(model: FusionNet) -> list[list[nn.Module]]:
