@@ -442,15 +442,19 @@ def create_app(settings: Settings | None = None, background: bool | str = True) 
         version="0.1.0",
         lifespan=lifespan,
         openapi_url="/openapi.json",
-        docs_url="/docs",
+        docs_url=None,  # served offline by api.routes.ui (no CDN)
+        redoc_url=None,
     )
     install_error_handlers(app)
     from api.routes import cache as cache_routes
-    from api.routes import health, pipelines, studies, trials, workers
+    from api.routes import dashboard, exports, health, pipelines, studies, trials, ui, workers
 
     app.include_router(health.router)
     for r in (studies.router, trials.router, pipelines.router, cache_routes.router, workers.router):
         app.include_router(r, prefix="/v1")
+    app.include_router(exports.router, prefix="/v1")
+    app.include_router(dashboard.router, prefix="/v1")
+    ui.install(app)
     _document(app, settings)
     app.add_middleware(EdgeGuard, settings=settings)
     return app

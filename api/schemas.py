@@ -114,6 +114,11 @@ class StudyCreate(BaseModel):
     max_consecutive_failures: int = Field(
         default=5, ge=1, le=1000, description="failed trials in a row before the study fails"
     )
+    count_proposal_time: bool | None = Field(
+        default=None,
+        description="count each trial's share of the optimizer's proposal time in its cost "
+        "(default: yes, unless the pipeline declares its costs)",
+    )
     parallelism: int | None = Field(default=None, ge=1, le=100_000)
     fixed_params: FixedParams | None = Field(
         default=None,
@@ -228,6 +233,7 @@ class StudyOut(BaseModel):
     run_seed: int | None = None
     budget_margin: OutFloat = 0.0
     max_consecutive_failures: int = 5
+    count_proposal_time: bool = True
     parallelism: int
     fixed_params: OutParams
     mode: str
@@ -270,6 +276,9 @@ class TrialOut(BaseModel):
     metrics: OutMetrics
     value: OutFloat
     cost_seconds: OutFloat
+    proposal_seconds: OutFloat = Field(
+        default=None, description="this trial's share of the optimizer's proposal time (s)"
+    )
     worker: str | None
     attempts: int
     heartbeat_at: OutFloat
@@ -384,6 +393,7 @@ def study_out(st: Study) -> dict[str, Any]:
         "run_seed": getattr(sp, "run_seed", None),
         "budget_margin": getattr(sp, "budget_margin", 0.0),
         "max_consecutive_failures": getattr(sp, "max_consecutive_failures", 5),
+        "count_proposal_time": getattr(sp, "count_proposal_time", True),
         "parallelism": sp.parallelism,
         "fixed_params": sp.fixed_params,
         "mode": sp.mode,

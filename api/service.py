@@ -1,14 +1,23 @@
 """The tuning service's logic, independent of HTTP: studies, proposals, ask/tell, scheduling.
 
 The optimizer is stateless apart from its random generator: for every proposal the service
-rebuilds history and pending trials from the store, restores the saved ``state_dict()``, asks,
+takes history and pending trials from the store, restores the saved ``state_dict()``, asks,
 and stores the new trials together with the new state in one transaction (compare-and-set on
 the study's ``ask_version``). A restarted server therefore neither repeats nor skips a
 proposal, and two proposers never both succeed on the same state.
+
+History is read incrementally (``StudyInputs``): finished trials are immutable in the store,
+so a proposal reads only the trials that were pending at the last one and those added since,
+and the work per proposal does not grow with the length of the study.
+
+Proposal time is part of what a trial costs (``count_proposal_time``, on by default; off by
+default for pipelines whose costs are declared, i.e. benchmarks): every trial records its
+share of the seconds its proposal took, and the store adds it to the trial's cost.
 """
 
 from __future__ import annotations
 
+import bisect
 import copy
 import logging
 import math
@@ -16,6 +25,7 @@ import queue
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -45,6 +55,17 @@ log = logging.getLogger("eeipu.service")
 
 
 MAX_ASK_AHEAD = 64
+MAX_CACHED_STUDIES = 32  # studies whose optimizer inputs stay in memory (least recent out)
+
+
+def queue_ahead(parallelism: int) -> int:
+    """Trials a managed study keeps proposed beyond ``parallelism`` (at most): a worker that
+    finishes claims the next trial at once instead of waiting for the scheduler's next round
+    and a proposal. The queue is refilled in one batch once it has fallen to half of this
+    (``fill``), so a proposal serves ``parallelism`` trials or more and the other half covers
+    the workers' demand while it runs. None for a sequential study (parallelism 1), whose
+    every proposal sees every result before it."""
+    return 0 if parallelism <= 1 else 2 * parallelism
 
 
 def not_found(what: str) -> NotFound:
@@ -68,6 +89,9 @@ class StudyRequest:
     budget_margin: float = 0.0  # allowed overshoot in seconds
     max_consecutive_failures: int = 5  # this many failed trials in a row fail the study
     optimizer_options: dict[str, Any] | None = None  # e.g. {"n_warmup": 4}
+    # whether proposal time counts toward the budget; None: yes, unless the pipeline's costs
+    # are declared (``costs_declared``)
+    count_proposal_time: bool | None = None
 
 
 @dataclass
@@ -84,6 +108,30 @@ class OptimizerInputs:
 def stage_cost(s: StageRun) -> float:
     """What computing a stage costs: the compute paid on a miss, the original cost on a hit."""
     return float(s.original_cost_seconds if s.hit else s.cost_seconds)
+
+
+def costs_declared(pipe: Pipeline) -> bool:
+    """Whether a pipeline declares its costs instead of measuring them (benchmarks): its
+    ``declared_costs`` attribute when it has one, else whether every stage declares its
+    load cost (what the synthetic benchmark pipelines do, alongside their ``Cost`` results).
+    Such a run repeats exactly for a seed, so its studies leave proposal time out of the
+    budget by default."""
+    declared = getattr(pipe, "declared_costs", None)
+    if isinstance(declared, bool):
+        return declared
+    return all(getattr(s, "load_seconds", None) is not None for s in pipe.stages)
+
+
+def observation_of(t: Trial, n_stages: int) -> Observation:
+    """A finished trial as the optimizer sees it (failed ones with ``value=None``)."""
+    costs = [stage_cost(s) for s in t.stages or []]
+    return Observation(
+        params=t.params,
+        value=t.value if t.state == TrialState.COMPLETE else None,
+        stage_costs=costs if len(costs) == n_stages else [],
+        reused_depth=t.reused_depth or 0,
+        cost_paid=float(t.cost_seconds or 0.0),
+    )
 
 
 def admission_cost(predicted: float | None, max_full: float | None) -> float | None:
@@ -106,16 +154,7 @@ def optimizer_inputs(
         if t.state in (TrialState.WAITING, TrialState.RUNNING):
             pending_trials.append(t)
             continue
-        costs = [stage_cost(s) for s in t.stages or []]
-        history.append(
-            Observation(
-                params=t.params,
-                value=t.value if t.state == TrialState.COMPLETE else None,
-                stage_costs=costs if len(costs) == n_stages else [],
-                reused_depth=t.reused_depth or 0,
-                cost_paid=float(t.cost_seconds or 0.0),
-            )
-        )
+        history.append(observation_of(t, n_stages))
         if phases.get(t.number) == "warmup":
             warm += float(t.cost_seconds or 0.0)
     full = [sum(o.stage_costs) for o in history if o.stage_costs]
@@ -128,6 +167,67 @@ def optimizer_inputs(
         max_full,
         committed,
     )
+
+
+class StudyInputs:
+    """A study's optimizer inputs kept between proposals, read incrementally.
+
+    Holds every trial numbered below ``known``: the finished ones as observations (in number
+    order), the others as pending trials. ``refresh`` asks the store only for the pending
+    ones that finished since and for trials numbered ``known`` or above
+    (``TrialStore.changed_trials``); a finished trial never changes, so the result equals
+    ``optimizer_inputs`` of the whole study, whoever added or finished its trials.
+    """
+
+    def __init__(self, n_stages: int) -> None:
+        self.n_stages = n_stages
+        self.known = 0
+        self.numbers: list[int] = []  # of the finished trials, ascending
+        self.history: list[Observation] = []  # in the order of ``numbers``
+        self.pending: dict[int, Trial] = {}
+        self.warmup_spent = 0.0
+        self.max_full: float | None = None
+
+    def refresh(
+        self, store: TrialStore, study_id: int, n_trials: int, phases: Mapping[int, str]
+    ) -> None:
+        """Bring the inputs to the study's first ``n_trials`` trials (those of the study row
+        just read, whose ``phases`` are known; later ones wait for the next proposal)."""
+        if self.known >= n_trials and not self.pending:
+            return
+        for t in store.changed_trials(study_id, list(self.pending), self.known):
+            if t.number >= n_trials:
+                continue
+            self.known = max(self.known, t.number + 1)
+            if t.state not in FINISHED:
+                self.pending[t.number] = t
+                continue
+            self.pending.pop(t.number, None)
+            if self.numbers and t.number <= self.numbers[-1]:
+                i = bisect.bisect_left(self.numbers, t.number)
+                if i < len(self.numbers) and self.numbers[i] == t.number:
+                    continue  # already seen (cannot change: finished trials are immutable)
+            else:
+                i = len(self.numbers)
+            obs = observation_of(t, self.n_stages)
+            self.numbers.insert(i, t.number)
+            self.history.insert(i, obs)
+            if phases.get(t.number) == "warmup":
+                self.warmup_spent += float(t.cost_seconds or 0.0)
+            if obs.stage_costs:
+                full = sum(obs.stage_costs)
+                self.max_full = full if self.max_full is None else max(self.max_full, full)
+
+    def inputs(self) -> OptimizerInputs:
+        pending = [self.pending[k] for k in sorted(self.pending)]
+        committed = sum(admission_cost(t.predicted_cost, self.max_full) or 0.0 for t in pending)
+        return OptimizerInputs(
+            list(self.history),
+            [Pending(params=t.params, reuse_depth=t.reuse_depth) for t in pending],
+            self.warmup_spent,
+            self.max_full,
+            committed,
+        )
 
 
 def consecutive_failures(trials: Sequence[Trial]) -> int:
@@ -178,10 +278,11 @@ class StudyService:
         # Optimizers given as instances (``api.tuning.tune``): each proposal starts from a
         # copy of the fresh instance and the saved state, exactly like a rebuilt one.
         self._templates: dict[int, Optimizer] = {}
-        # In-process figures of proposals (not persisted): seconds the optimizer took, kept
-        # only for a reader that pops them (``api.tuning``), so a server never grows with them.
-        self.record_ask_seconds = False
-        self.ask_seconds: dict[int, float] = {}
+        # Optimizer inputs of recently proposed-for studies (bounded: least recent out).
+        self._inputs: OrderedDict[int, StudyInputs] = OrderedDict()
+        # Proposals made per study in this process: an ask that waited for the proposer
+        # claims from a proposal made meanwhile instead of making another.
+        self._proposals: dict[int, int] = {}
         # Why a study stopped proposing (the last reason seen in this process).
         self.stop_reasons: dict[int, str] = {}
         self.tells = TellBatcher(store)
@@ -202,30 +303,7 @@ class StudyService:
     def create_study(self, req: StudyRequest, optimizer: Optimizer | None = None) -> Study:
         """Validate and store a new study; ``optimizer``: an instance to use instead of one
         built by name (this process only; its name is the study's optimizer)."""
-        s = self.settings
-        if not (isinstance(req.budget_seconds, int | float) and math.isfinite(req.budget_seconds)):
-            raise InvalidRequest("budget_seconds must be a finite number", "invalid_budget")
-        if req.budget_seconds <= 0:
-            raise InvalidRequest("budget_seconds must be > 0", "invalid_budget")
-        if req.budget_seconds > s.max_budget_seconds:
-            raise InvalidRequest(
-                f"budget_seconds exceeds this server's limit of {s.max_budget_seconds:g} s",
-                "invalid_budget",
-            )
-        if req.max_trials is not None and not 1 <= req.max_trials <= s.max_trials_limit:
-            raise InvalidRequest(
-                f"max_trials must be between 1 and {s.max_trials_limit}", "invalid_budget"
-            )
-        if req.parallelism is not None and not 1 <= req.parallelism <= s.max_parallelism:
-            raise InvalidRequest(
-                f"parallelism must be between 1 and {s.max_parallelism}", "invalid_value"
-            )
-        margin = req.budget_margin
-        if not (isinstance(margin, int | float) and math.isfinite(margin) and margin >= 0):
-            raise InvalidRequest("budget_margin must be a finite number >= 0", "invalid_budget")
-        mcf = req.max_consecutive_failures
-        if isinstance(mcf, bool) or not isinstance(mcf, int) or not 1 <= mcf <= 1000:
-            raise InvalidRequest("max_consecutive_failures must be between 1 and 1000")
+        margin, mcf = self._check_limits(req)
         if req.mode not in ("managed", "external"):
             raise InvalidRequest("mode must be 'managed' or 'external'", "invalid_value")
         pipe = self.pipeline(req.pipeline)
@@ -238,6 +316,11 @@ class StudyService:
         except ValueError as e:
             raise InvalidRequest(str(e), "invalid_objective") from None
         fixed = self._check_fixed(pipe, req.fixed_params or {})
+        count = req.count_proposal_time
+        if count is None:
+            count = not costs_declared(pipe)
+        elif not isinstance(count, bool):
+            raise InvalidRequest("count_proposal_time must be true or false", "invalid_value")
         options = dict(req.optimizer_options or {})
         if optimizer is None:
             try:
@@ -263,6 +346,7 @@ class StudyService:
             run_seed=req.run_seed,
             budget_margin=float(margin),
             max_consecutive_failures=int(mcf),
+            count_proposal_time=count,
         )
         state = opt.state_dict()
         state[BOOK] = {"phases": {}, "optimizer_options": options}
@@ -270,6 +354,34 @@ class StudyService:
         if optimizer is not None:
             self._templates[st.id] = opt
         return st
+
+    def _check_limits(self, req: StudyRequest) -> tuple[float, int]:
+        """Validate the request's budget and limits; its margin and failure limit."""
+        s = self.settings
+        if not (isinstance(req.budget_seconds, int | float) and math.isfinite(req.budget_seconds)):
+            raise InvalidRequest("budget_seconds must be a finite number", "invalid_budget")
+        if req.budget_seconds <= 0:
+            raise InvalidRequest("budget_seconds must be > 0", "invalid_budget")
+        if req.budget_seconds > s.max_budget_seconds:
+            raise InvalidRequest(
+                f"budget_seconds exceeds this server's limit of {s.max_budget_seconds:g} s",
+                "invalid_budget",
+            )
+        if req.max_trials is not None and not 1 <= req.max_trials <= s.max_trials_limit:
+            raise InvalidRequest(
+                f"max_trials must be between 1 and {s.max_trials_limit}", "invalid_budget"
+            )
+        if req.parallelism is not None and not 1 <= req.parallelism <= s.max_parallelism:
+            raise InvalidRequest(
+                f"parallelism must be between 1 and {s.max_parallelism}", "invalid_value"
+            )
+        margin = req.budget_margin
+        if not (isinstance(margin, int | float) and math.isfinite(margin) and margin >= 0):
+            raise InvalidRequest("budget_margin must be a finite number >= 0", "invalid_budget")
+        mcf = req.max_consecutive_failures
+        if isinstance(mcf, bool) or not isinstance(mcf, int) or not 1 <= mcf <= 1000:
+            raise InvalidRequest("max_consecutive_failures must be between 1 and 1000")
+        return float(margin), int(mcf)
 
     def _optimizer(self, st: Study, pipe: Pipeline) -> Optimizer:
         template = self._templates.get(st.id)
@@ -338,8 +450,10 @@ class StudyService:
             self._specs[study_id] = sp
         return sp
 
-    def get_study(self, study_id: int) -> Study:
-        st = self.store.get_study(study_id)
+    def get_study(self, study_id: int, with_state: bool = True) -> Study:
+        """The study (404 if there is none); ``with_state=False``: without the optimizer's
+        saved state, for reads that only need the study's status and counters."""
+        st = self.store.get_study(study_id, with_state=with_state)
         if st is None:
             raise not_found(f"study {study_id}")
         return st
@@ -370,6 +484,9 @@ class StudyService:
 
     def delete_study(self, study_id: int) -> None:
         self._specs.pop(study_id, None)
+        with self._lock:
+            self._inputs.pop(study_id, None)
+            self._proposals.pop(study_id, None)
         if not self.store.delete_study(study_id):
             raise not_found(f"study {study_id}")
 
@@ -401,6 +518,7 @@ class StudyService:
         """
         with self._lock:
             for _ in range(10):
+                t0 = time.perf_counter()
                 st = self.get_study(study_id)
                 if st.state != StudyState.RUNNING or self._exhausted(st):
                     return []
@@ -413,15 +531,13 @@ class StudyService:
                 opt = self._optimizer(st, pipe)
                 book = book_of(st.optimizer_state)
                 phases = phases_of(book)
-                trials = self.store.list_trials(study_id, with_stages=True)
-                inputs = optimizer_inputs(trials, len(pipe.stages), phases)
+                inputs = self._study_inputs(st, len(pipe.stages), phases)
                 budget = BudgetState(
                     total=st.spec.budget_seconds,
                     spent=st.cost_spent,
                     warmup_spent=inputs.warmup_spent,
                     margin=margin,
                 )
-                t0 = time.perf_counter()
                 cands = opt.ask(
                     n,
                     inputs.history,
@@ -429,14 +545,12 @@ class StudyService:
                     self.cached_prefixes(pipe, run_seed),
                     budget,
                 )
-                ask_s = time.perf_counter() - t0
                 if not cands:
                     self.stop_reasons[study_id] = "no candidate fits the remaining budget"
                     return []
-                new: list[NewTrial] = []
+                admitted: list[tuple[Any, str]] = []
                 committed = inputs.committed
                 for c in cands:
-                    phase = str(c.info.get("phase", "model"))
                     cost = admission_cost(c.predicted_cost, inputs.max_full_cost)
                     if cost is not None and committed + cost > budget.remaining + margin:
                         self.stop_reasons[study_id] = (
@@ -444,25 +558,41 @@ class StudyService:
                         )
                         break
                     committed += cost or 0.0
+                    admitted.append((c, str(c.info.get("phase", "model"))))
+                if not admitted:
+                    return []
+                state = opt.state_dict()
+                # Every admitted trial carries an equal share of what the proposal took
+                # (reading the study, the optimizer's ask, preparing the rows).
+                share = (time.perf_counter() - t0) / len(admitted)
+                new: list[NewTrial] = []
+                for c, phase in admitted:
                     params = {s: dict(v) for s, v in c.params.items()}
                     for s, fixed in st.spec.fixed_params.items():
                         params.setdefault(s, {}).update(fixed)
                     params = pipe.canonical(params)
                     if phase != "model":
                         phases[st.n_trials + len(new)] = phase
-                    new.append(NewTrial(params, int(c.reuse_depth), c.predicted_cost))
-                if not new:
-                    return []
-                state = opt.state_dict()
+                    new.append(NewTrial(params, int(c.reuse_depth), c.predicted_cost, share))
                 book["phases"] = {str(k): v for k, v in sorted(phases.items())}
                 state[BOOK] = book
                 added = self.store.add_trials(study_id, new, state, st.ask_version)
                 if added is not None:
-                    if self.record_ask_seconds:
-                        for t in added:
-                            self.ask_seconds[t.id] = ask_s
+                    self._proposals[study_id] = self._proposals.get(study_id, 0) + 1
                     return added
             raise Conflict("could not propose: the study kept changing", "conflict")
+
+    def _study_inputs(self, st: Study, n_stages: int, phases: Mapping[int, str]) -> OptimizerInputs:
+        """The optimizer inputs of ``st``, from what this process already read of it plus
+        what changed in the store since (``StudyInputs``)."""
+        cached = self._inputs.pop(st.id, None)
+        if cached is None or cached.n_stages != n_stages:
+            cached = StudyInputs(n_stages)
+        self._inputs[st.id] = cached  # most recently used last
+        while len(self._inputs) > MAX_CACHED_STUDIES:
+            self._inputs.popitem(last=False)
+        cached.refresh(self.store, st.id, st.n_trials, phases)
+        return cached.inputs()
 
     # ---------------------------------------------------------------- ask / tell
     def ask(self, study_id: int, worker: str | None) -> Trial:
@@ -487,17 +617,20 @@ class StudyService:
 
     def _ask(self, study_id: int, worker: str) -> Trial:
         for _ in range(50):
-            st = self.get_study(study_id)
-            if st.state != StudyState.RUNNING:
-                raise Conflict(f"study {study_id} is {st.state.value}", "not_running")
+            seen = self._proposals.get(study_id, 0)
+            # A claim takes only a trial of a running study: the study is read only when
+            # there was none (to say why, or to propose).
             t = self.store.claim_trial(worker, study_id=study_id)
             if t is not None:
                 return t
+            st = self.get_study(study_id, with_state=False)
+            if st.state != StudyState.RUNNING:
+                raise Conflict(f"study {study_id} is {st.state.value}", "not_running")
             why = self._exhausted(st)
             if why:
                 raise Conflict(f"study {study_id}: {why}", "exhausted")
             with self._lock:  # re-entrant: ``propose`` takes it too
-                if self.store.trial_counts(study_id)[TrialState.WAITING]:
+                if self._proposals.get(study_id, 0) != seen:
                     continue  # another ask's proposal filled the queue while this one waited
                 ahead = max(1, min(self._asking.get(study_id, 1), MAX_ASK_AHEAD))
                 added = self.propose(study_id, ahead)
@@ -520,12 +653,11 @@ class StudyService:
         if result.value is not None and not math.isfinite(result.value):
             raise InvalidRequest("value must be finite", "invalid_value")
         try:
-            done = self.tells.finish(trial_id, worker, result, study_id)
+            done, st = self.tells.finish(trial_id, worker, result, study_id)
         except KeyError:
             raise not_found(f"trial {trial_id} of study {study_id}") from None
         except StaleClaim as e:
             raise Conflict(str(e), "trial_finished") from None
-        st = self.store.get_study(study_id)
         if st is not None and self._exhausted(st):
             self.settle(study_id)
         return done
@@ -543,14 +675,15 @@ class StudyService:
     def settle(self, study_id: int) -> None:
         """Finish a study whose budget or trial count is used up, once nothing is running;
         fail one whose last ``max_consecutive_failures`` trials all failed."""
-        st = self.store.get_study(study_id)
+        st = self.store.get_study(study_id, with_state=False)
         if st is None or st.state != StudyState.RUNNING:
             return
         why = self._exhausted(st)
         counts = self.store.trial_counts(study_id)
         max_failures = st.spec.max_consecutive_failures
         if st.n_failed >= max_failures:
-            trials = self.store.list_trials(study_id, states=list(FINISHED))
+            # the streak is over once it reaches the limit: the last trials are enough
+            trials = self.store.last_finished(study_id, max_failures)
             streak = consecutive_failures(trials)
             if streak >= max_failures:
                 last = next(
@@ -583,14 +716,22 @@ class StudyService:
             self.store.set_study_state(study_id, StudyState.COMPLETED, [StudyState.RUNNING])
 
     def fill(self, study_id: int) -> None:
-        """Keep ``parallelism`` trials of a managed study waiting or running."""
-        st = self.store.get_study(study_id)
+        """Keep ``parallelism`` trials of a managed study running and up to ``queue_ahead``
+        more waiting: when no more than half of those are left waiting (or fewer than
+        ``parallelism`` run or wait), one batched proposal tops them up."""
+        st = self.store.get_study(study_id, with_state=False)
         if st is None or st.state != StudyState.RUNNING or st.spec.mode != "managed":
             return
         if self._exhausted(st):
             return
         counts = self.store.trial_counts(study_id)
-        want = st.spec.parallelism - counts[TrialState.WAITING] - counts[TrialState.RUNNING]
+        par = st.spec.parallelism
+        ahead = queue_ahead(par)
+        waiting = counts[TrialState.WAITING]
+        in_flight = waiting + counts[TrialState.RUNNING]
+        if in_flight >= par and waiting > ahead // 2:
+            return  # enough queued: wait to refill in one larger batch
+        want = par + ahead - in_flight
         if want <= 0:
             return
         if not self.propose(study_id, want) and not (
@@ -639,7 +780,9 @@ class TellBatcher:
 
     Every tell of a study updates the study's row, so concurrent tells would otherwise queue
     on that row lock, one fsync each. Nothing waits on purpose: a batch is whatever arrived
-    while the previous one was committing. A caller returns only after its batch committed.
+    while the previous one was committing. A caller returns only after its batch committed,
+    with its trial and its study as read once per batch after the commit (for the budget
+    check that follows a tell).
     """
 
     def __init__(self, store: TrialStore, max_batch: int = 256) -> None:
@@ -653,7 +796,7 @@ class TellBatcher:
 
     def finish(
         self, trial_id: int, worker: str | None, result: TrialResult, study_id: int | None
-    ) -> Trial:
+    ) -> tuple[Trial, Study | None]:
         if self._thread is None:
             with self._start_lock:
                 if self._thread is None:
@@ -661,7 +804,7 @@ class TellBatcher:
                         target=self._run, name="eeipu-tells", daemon=True
                     )
                     self._thread.start()
-        fut: Future[Trial] = Future()
+        fut: Future[tuple[Trial, Study | None]] = Future()
         self._q.put(((trial_id, worker, result, study_id), fut))
         return fut.result(timeout=120)
 
@@ -688,11 +831,18 @@ class TellBatcher:
                 continue
             self.batches += 1
             self.items += len(batch)
+            studies: dict[int, Study | None] = {}
+            for r in results:
+                if not isinstance(r, Exception) and r.study_id not in studies:
+                    try:
+                        studies[r.study_id] = self.store.get_study(r.study_id, with_state=False)
+                    except Exception:  # the tell committed: only the budget check waits
+                        studies[r.study_id] = None
             for (_, fut), r in zip(batch, results, strict=True):
                 if isinstance(r, Exception):
                     fut.set_exception(r)
                 else:
-                    fut.set_result(r)
+                    fut.set_result((r, studies[r.study_id]))
 
     def close(self) -> None:
         if self._thread is not None:

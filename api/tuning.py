@@ -7,10 +7,13 @@ exactly as the server's scheduler and workers drive a study with parallelism 1: 
 conversion of trials into optimizer inputs, the same budget rule, the same failure rule.
 
 Budget accounting: a trial costs what it really paid, the compute of the stages it ran plus
-the time to load the cached prefix it reused. A trial is never started when its predicted
-cost (the optimizer's; when it gives none, the largest full-run cost seen so far), with that
-of the trials already running, exceeds the remaining budget plus ``margin``; the actual
-spend, and by how much it went over the budget, are reported.
+the time to load the cached prefix it reused, plus its share of the time the optimizer took
+to propose it (``count_proposal_time``: by default unless the pipeline's costs are declared,
+as the synthetic benchmarks' are; see ``api.service.costs_declared``). A trial is never
+started when its predicted cost (the optimizer's; when it gives none, the largest full-run
+cost seen so far), with that of the trials already running, exceeds the remaining budget plus
+``margin``; the actual spend, and by how much it went over the budget, are reported, with the
+wall time next to the compute and the proposal seconds.
 """
 
 from __future__ import annotations
@@ -59,14 +62,16 @@ class TrialSummary:
     reused_depth: int  # stages really taken from the cache
     planned_reuse: int  # stages the optimizer planned to reuse
     stage_costs: list[float]  # compute cost of every stage (original cost when reused)
-    cost_paid: float  # compute paid + load time
+    cost_paid: float  # what the budget counts: compute paid + load time (+ proposal time)
     predicted_cost: float | None
     cumulative_cost: float
     best_value: float | None  # best so far, after this trial
     phase: str
-    ask_seconds: float
+    ask_seconds: float  # its share of the seconds its proposal took (= ``proposal_seconds``)
     error: str | None = None  # why it failed; for a COMPLETE trial, a note (e.g. not cached)
     trial_id: int | None = None
+    proposal_seconds: float = 0.0  # its share of the seconds its proposal took
+    compute_seconds: float = 0.0  # compute paid + load time (``cost_paid`` less proposal time)
 
     @property
     def failed(self) -> bool:
@@ -94,10 +99,28 @@ class TuneResult:
     seconds: float = 0.0
     study_id: int | None = None
     state: str = ""
+    count_proposal_time: bool = True  # whether ``cost_spent`` includes proposal time
 
     @property
     def cost_spent(self) -> float:
+        """What the budget counted: ``compute_seconds``, plus ``proposal_seconds`` when the
+        run counts proposal time."""
         return sum(t.cost_paid for t in self.trials)
+
+    @property
+    def wall_seconds(self) -> float:
+        """Wall-clock seconds of the whole run."""
+        return self.seconds
+
+    @property
+    def compute_seconds(self) -> float:
+        """Seconds the trials' stages computed or loaded (the pipeline's own cost)."""
+        return sum(t.compute_seconds for t in self.trials)
+
+    @property
+    def proposal_seconds(self) -> float:
+        """Seconds the optimizer took to propose the finished trials."""
+        return sum(t.proposal_seconds for t in self.trials)
 
     def best(self) -> TrialSummary | None:
         ok = [t for t in self.trials if t.value is not None]
@@ -128,6 +151,9 @@ class TuneResult:
             "overshoot": max(0.0, spent - self.budget) if math.isfinite(self.budget) else 0.0,
             "stop_reason": self.stop_reason,
             "wall_seconds": self.seconds,
+            "compute_seconds": self.compute_seconds,
+            "proposal_seconds": self.proposal_seconds,
+            "count_proposal_time": self.count_proposal_time,
             "ask_seconds_median": _median([t.ask_seconds for t in self.trials]),
         }
 
@@ -193,7 +219,6 @@ class StudyRun:
         self.service = StudyService(
             store, settings, cache=cache, pipelines={req.pipeline: pipeline}
         )
-        self.service.record_ask_seconds = True
         self.study: Study = self.service.create_study(req, optimizer)
         self.executor = InProcessExecutor(self.service, settings.heartbeat_interval)
         self.sinks = list(sinks)
@@ -206,6 +231,7 @@ class StudyRun:
             budget=spec.budget_seconds if budget is None else budget,
             margin=float(req.budget_margin),
             study_id=self.study.id,
+            count_proposal_time=spec.count_proposal_time,
         )
         self.stop = threading.Event()
         self._best: float | None = None
@@ -225,6 +251,8 @@ class StudyRun:
         if value is not None and (self._best is None or sign * value > sign * self._best):
             self._best = value
         paid = float(t.cost_seconds or 0.0)
+        proposal = float(t.proposal_seconds or 0.0)
+        counted = proposal if self.result.count_proposal_time else 0.0
         s = TrialSummary(
             number=t.number,
             params=t.params,
@@ -238,9 +266,11 @@ class StudyRun:
             cumulative_cost=self.result.cost_spent + paid,
             best_value=self._best,
             phase=str(phases.get(str(t.number), "model")),
-            ask_seconds=self.service.ask_seconds.pop(t.id, 0.0),
+            ask_seconds=proposal,
             error=t.error,
             trial_id=t.id,
+            proposal_seconds=proposal,
+            compute_seconds=max(0.0, paid - counted),
         )
         self.result.trials.append(s)
         for sink in self.sinks:
@@ -274,7 +304,7 @@ class StudyRun:
         return self._finish(reason)
 
 
-def tune(
+def tune(  # noqa: PLR0913 - keyword-only options of one run
     pipeline: Pipeline,
     optimizer: Optimizer,
     budget: float,
@@ -286,6 +316,7 @@ def tune(
     run_seed: int | None = None,
     sinks: Sequence[TrialSink] = (),
     max_consecutive_failures: int = 5,
+    count_proposal_time: bool | None = None,
 ) -> TuneResult:
     """Tune ``pipeline`` with ``optimizer`` until the budget or ``max_trials`` runs out.
 
@@ -304,6 +335,10 @@ def tune(
         sinks: called with every finished trial (e.g. to show progress).
         max_consecutive_failures: the study fails (``StudyFailed``) after this many failed
             trials in a row.
+        count_proposal_time: whether a trial's share of the optimizer's proposal time is
+            part of its cost (what the budget counts). ``None`` (default): yes, unless the
+            pipeline's costs are declared (``api.service.costs_declared``: the synthetic
+            benchmarks), whose runs then repeat exactly for a seed.
 
     Raises:
         ValueError: a bad argument, or an objective the pipeline does not report.
@@ -330,6 +365,7 @@ def tune(
         budget_margin=margin,
         max_consecutive_failures=max_consecutive_failures,
         name="tune",
+        count_proposal_time=count_proposal_time,
     )
     store = open_store(MEMORY_STORE, pool_size=1)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from api.cli.common import emit_json
 
 def register(sub: Any) -> None:
     """Add ``bench`` and its sub-commands to the ``eeipu`` sub-parsers ``sub``."""
-    from bench import api_load, suggest
+    from bench import api_load, dashboard, suggest, workers
 
     p = sub.add_parser("bench", help="benchmarks (print their figures; --json for one line)")
     bsub = p.add_subparsers(dest="bench", required=True, parser_class=type(p))
@@ -28,6 +29,8 @@ def register(sub: Any) -> None:
     suggest.register(bsub)
     _register_unlearning(bsub)
     api_load.register(bsub)
+    dashboard.register(bsub)
+    workers.register(bsub)
 
 
 # ------------------------------------------------------------------------------ cache
@@ -62,7 +65,8 @@ DEFAULT_OPTIMIZERS = ("eeipu", "ei", "eipu", "carbo", "random")
 def _register_optimizers(sub: Any) -> None:
     p = sub.add_parser(
         "optimizers",
-        help="EEIPU vs EI, EIPU, CArBO, random (and Optuna TPE) at equal cost budgets",
+        help="EEIPU vs EI, EIPU, CArBO, random (and Optuna's TPE and GP sampler) at equal "
+        "cost budgets",
     )
     p.add_argument(
         "--pipeline",
@@ -81,9 +85,14 @@ def _register_optimizers(sub: Any) -> None:
     p.add_argument(
         "--optimizers",
         default=",".join(DEFAULT_OPTIMIZERS),
-        help="comma-separated optimizers (tpe is added when optuna is installed)",
+        help="comma-separated optimizers (tpe and optuna-gp are added when optuna is "
+        "installed; tpe-memo: TPE with a memoization layer)",
     )
-    p.add_argument("--no-tpe", action="store_true", help="skip the Optuna TPE reference")
+    p.add_argument(
+        "--no-tpe",
+        action="store_true",
+        help="skip the Optuna references (TPE and the GP sampler) unless --optimizers names them",
+    )
     p.add_argument("--n-warmup", type=int, default=10)
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     p.add_argument(
@@ -105,18 +114,70 @@ def _register_optimizers(sub: Any) -> None:
         help="JSON keyword arguments for every GP optimizer (ablations), "
         'e.g. {"objective_noise": 1e-4}',
     )
+    p.add_argument(
+        "--warm-cache",
+        action="store_true",
+        help="also run the warm-cache scenario, reported apart: per optimizer and seed, the "
+        "pipelines are tuned one after another in one shared cache",
+    )
+    p.add_argument(
+        "--run-seed",
+        type=int,
+        default=None,
+        help="pipeline run seed of the tuning (default: 1000 with --holdout-seeds, else the "
+        "pipeline's default)",
+    )
+    p.add_argument(
+        "--holdout-seeds",
+        type=int,
+        default=0,
+        help="evaluate every run's best configuration on run seeds 0..N-1 (held out from "
+        "tuning), reporting --holdout-metric",
+    )
+    p.add_argument(
+        "--holdout-metric",
+        default="retrain_score",
+        help="metric of the held-out evaluation (default: the unlearning pipelines' retrain_score)",
+    )
+    p.add_argument(
+        "--count-proposal-time",
+        action="store_true",
+        help="the budget also pays the optimizers' proposal time (equal wall time)",
+    )
+    p.add_argument(
+        "--fix",
+        action="append",
+        default=None,
+        metavar="STAGE[.PARAM=VALUE]",
+        help="keep parameters out of every optimizer's search (repeat; as in `eeipu tune`). "
+        "Leading stages fixed whole are computed once per pipeline and every run's fresh "
+        "cache starts with them",
+    )
+    p.add_argument(
+        "--report",
+        default=None,
+        help="also write the results as the section 'Real pipelines' of this markdown file "
+        "(e.g. docs/benchmarks.md; plots copied to its img/ folder)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_optimizers)
 
 
 def run_optimizers(args: argparse.Namespace) -> int:
     """``eeipu bench optimizers``."""
-    from bench.optimizers import Execution, run_benchmark
+    from bench.optimizers import (
+        BENCH_OPTIMIZERS,
+        OUTSIDE,
+        Execution,
+        RealOptions,
+        run_benchmark,
+        write_report,
+    )
     from eeipu.registry import optimizer_names
 
     pipelines = args.pipeline or ["synthetic-3stage", "synthetic-10stage"]
     opts = [o.strip() for o in args.optimizers.split(",") if o.strip()]
-    known = set(optimizer_names()) | {"tpe"}
+    known = set(optimizer_names()) | set(BENCH_OPTIMIZERS)
     bad = [o for o in opts if o not in known]
     if bad or not opts:
         raise ValueError(f"unknown optimizer(s) {bad}; choose from {sorted(known)}")
@@ -126,6 +187,10 @@ def run_optimizers(args: argparse.Namespace) -> int:
         raise ValueError("--max-trials must be >= 0 (0: no cap)")
     if args.budget is not None and not args.budget > 0:
         raise ValueError("--budget must be positive")
+    if args.holdout_seeds < 0:
+        raise ValueError("--holdout-seeds must be >= 0")
+    if len(set(pipelines)) != len(pipelines):
+        raise ValueError("--pipeline names a pipeline twice")
     gp_kwargs = None
     if args.gp_options:
         from api.cli.common import parse_json_arg
@@ -134,11 +199,11 @@ def run_optimizers(args: argparse.Namespace) -> int:
         if not isinstance(gp_kwargs, dict):
             raise ValueError("--gp-options must be a JSON object")
     notes = []
-    if not args.no_tpe and "tpe" not in opts:
+    if not args.no_tpe and not all(o in opts for o in OUTSIDE):
         if importlib.util.find_spec("optuna") is not None:
-            opts.append("tpe")
+            opts += [o for o in OUTSIDE if o not in opts]
         else:
-            notes.append("optuna is not installed: the TPE reference is skipped")
+            notes.append("optuna is not installed: the Optuna references are skipped")
     for n in notes:
         sys.stderr.write(f"eeipu: note: {n}\n")
     res = run_benchmark(
@@ -155,13 +220,58 @@ def run_optimizers(args: argparse.Namespace) -> int:
             log=lambda m: print(m, file=sys.stderr, flush=True),
             resume=args.resume,
         ),
+        real=RealOptions(
+            run_seed=args.run_seed if args.run_seed is not None or not args.holdout_seeds else 1000,
+            holdout_seeds=args.holdout_seeds,
+            holdout_metric=args.holdout_metric,
+            count_proposal_time=True if args.count_proposal_time else None,
+            warm_cache=args.warm_cache,
+            fix=tuple(args.fix or ()),
+        ),
     )
     res["notes"] = notes
+    if args.report:
+        write_report(res, Path(args.report), _optimizers_command(args, pipelines))
+        res["report"] = args.report
     if args.json:
         emit_json(res)
     else:
         print(Path(res["markdown"]).read_text())
     return 0
+
+
+def _optimizers_command(args: argparse.Namespace, pipelines: list[str]) -> str:
+    """The ``eeipu bench optimizers`` command line that ``args`` stand for."""
+    parts = ["eeipu", "bench", "optimizers"]
+    for p in pipelines:
+        parts += ["--pipeline", p]
+    parts += ["--seeds", str(args.seeds)]
+    if args.budget is not None:
+        parts += ["--budget", f"{args.budget:g}"]
+    if args.optimizers != ",".join(DEFAULT_OPTIMIZERS):
+        parts += ["--optimizers", args.optimizers]
+    flags = {
+        "--no-tpe": args.no_tpe,
+        "--warm-cache": args.warm_cache,
+        "--count-proposal-time": args.count_proposal_time,
+    }
+    parts += [k for k, v in flags.items() if v]
+    values = {
+        "--n-warmup": (args.n_warmup, 10),
+        "--jobs": (args.jobs, 1),
+        "--max-trials": (args.max_trials, 600),
+        "--run-seed": (args.run_seed, None),
+        "--holdout-seeds": (args.holdout_seeds, 0),
+        "--holdout-metric": (args.holdout_metric, "retrain_score"),
+        "--gp-options": (args.gp_options, None),
+    }
+    for k, (v, default) in values.items():
+        if v != default:
+            parts += [k, str(v)]
+    for f in args.fix or ():
+        parts += ["--fix", f]
+    parts += ["--out", args.out, "--report", args.report]
+    return " ".join(shlex.quote(x) for x in parts)
 
 
 # ------------------------------------------------------------------------------ unlearning
@@ -203,7 +313,7 @@ def _register_unlearning(sub: Any) -> None:
         help="optimizer trials per tuned method and fraction (0: defaults only)",
     )
     p.add_argument("--optimizer", default="eeipu", help="optimizer used for tuning")
-    p.add_argument("--source", choices=("openi", "diabetes"), default="openi")
+    p.add_argument("--source", choices=("openi", "diabetes", "breast_cancer"), default="openi")
     p.add_argument(
         "--label",
         default="abnormal",

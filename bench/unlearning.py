@@ -12,7 +12,15 @@ Protocol (kept honest on purpose):
   objective over eight tuning seeds (1000-1007); the winner is then evaluated on the
   evaluation seeds. The retrained model never guides the choice;
 * agreement of the retrain-free objective with the retrain-based score is the Spearman rank
-  correlation over all trials (default runs and tuning trials).
+  correlation over all trials (default runs and tuning trials);
+* pass bands: per split, the retrained ensemble's mean +- 2 sd (see
+  ``pipelines.unlearning.verdict``); a row's ``<metric>_band`` is the mean over its seeds of
+  the per-split bands, ``<metric>_pass_rate`` the fraction of seeds inside their own split's
+  band, ``<metric>_ci`` a bootstrap 95% interval of the mean over seeds (each seed is a new
+  split, so this resamples rows too); ``band_score`` (0 = at the bands' centres, -1 = on
+  their edges) is the retrain-based score the tuned-vs-default comparison uses;
+* the forgetting score uses ``FORGETTING_RUNS`` runs of each method against the retrained
+  ensemble, on the evaluation runs only (tuning trials skip it).
 """
 
 from __future__ import annotations
@@ -30,15 +38,22 @@ import numpy as np
 
 from pipelines.unlearning.metrics import TOLERANCES
 from pipelines.unlearning.pipelines import METHOD_NAMES, make_pipeline
+from pipelines.unlearning.verdict import BAND_METRICS, TIME_LIMIT
 
 __all__ = [
     "DataSource",
+    "Extras",
     "TuningPlan",
     "aggregate",
+    "band_checks",
+    "bootstrap_ci",
+    "modality_ablation",
+    "objective_agreement",
     "rank_correlation",
     "robust_score",
     "run_bench",
     "tolerance_checks",
+    "tuning_gain",
 ]
 
 TABLE_METRICS = (
@@ -57,8 +72,25 @@ TABLE_METRICS = (
     "unlearn_seconds",
     "retrain_seconds",
 )
+# the issue's per-row keys, next to their retrained references
+BAND_TABLE = (
+    "test_auc",
+    "forget_auc",
+    "retain_auc",
+    "lira_forget_auc",
+    "lira_forget_tpr_at_1pct_fpr",
+    "lira_retain_auc",
+    "forgetting_score",
+    "retain_divergence",
+    "test_divergence",
+    "retain_loss",
+    "band_score",
+    "time_ratio",
+)
+CI_METRICS = (*BAND_METRICS, "forgetting_score", "band_score", "objective", "time_ratio")
+FORGETTING_RUNS = 8
 TUNING_SEED = 1000
-RERANK_SEEDS = 8  # tuning seeds 1000-1007 re-rank the best trials (never the evaluation seeds)
+RERANK_SEEDS = 4  # tuning seeds 1000-1003 re-rank the best trials (never the evaluation seeds)
 SPREAD_WEIGHT = 0.5  # re-ranking score: median objective - SPREAD_WEIGHT * robust spread
 
 
@@ -102,10 +134,104 @@ def aggregate(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             row[f"{k}_std"] = float(fin.std(ddof=1)) if len(fin) > 1 else 0.0
         if "params" in rs[0]:
             row["params"] = rs[0]["params"]
+        _band_fields(row, rs)
         rows.append(row)
     order = {m: i for i, m in enumerate(METHOD_NAMES)}
     rows.sort(key=lambda r: (r["forget_fraction"], r["config"], order.get(r["method"], 99)))
     return rows
+
+
+def bootstrap_ci(
+    vals: Sequence[float], seed: int = 0, n_boot: int = 2000, level: float = 0.95
+) -> list[float]:
+    """Percentile bootstrap interval of the mean of ``vals`` (resampling the values)."""
+    v = np.asarray([x for x in vals if math.isfinite(x)], dtype=float)
+    if len(v) == 0:
+        return [float("nan"), float("nan")]
+    if len(v) == 1:
+        return [float(v[0]), float(v[0])]
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), (n_boot, len(v)))].mean(axis=1)
+    a = (1.0 - level) / 2.0
+    return [float(np.quantile(means, a)), float(np.quantile(means, 1.0 - a))]
+
+
+def _inside(met: Mapping[str, float], m: str) -> bool:
+    return bool(met[f"{m}_band_low"] <= met[m] <= met[f"{m}_band_high"])
+
+
+def _band_fields(row: dict[str, Any], rs: Sequence[Mapping[str, Any]]) -> None:
+    """``<m>_band``, ``<m>_pass_rate`` and ``<m>_ci`` of one aggregated row (in place)."""
+    for m in BAND_METRICS:
+        lo, hi = row.get(f"{m}_band_low"), row.get(f"{m}_band_high")
+        if lo is None or hi is None:
+            continue
+        row[f"{m}_band"] = [lo, hi]
+        inside = [
+            float(_inside(r["metrics"], m))
+            for r in rs
+            if math.isfinite(r["metrics"].get(m, math.nan))
+        ]
+        row[f"{m}_pass_rate"] = float(np.mean(inside)) if inside else float("nan")
+    for m in CI_METRICS:
+        if m in row:
+            row[f"{m}_ci"] = bootstrap_ci([float(r["metrics"].get(m, math.nan)) for r in rs])
+
+
+def band_checks(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per non-retrain row: is the mean over seeds inside the mean band, per compared metric;
+    by how much it misses (``excess_<m>``); time ratio; underpowered metrics (the original
+    model's value inside the band: power < 1)."""
+    out = []
+    for r in rows:
+        if r["method"] == "retrain":
+            continue
+        c: dict[str, Any] = {
+            "method": r["method"],
+            "config": r["config"],
+            "forget_fraction": r["forget_fraction"],
+            "n_seeds": r["n_seeds"],
+        }
+        ok = True
+        for m in BAND_METRICS:
+            band = r.get(f"{m}_band")
+            if band is None:
+                continue
+            v = float(r[m])
+            inside = band[0] <= v <= band[1]
+            c[f"inside_{m}"] = inside
+            c[f"excess_{m}"] = max(0.0, band[0] - v, v - band[1])
+            c[f"pass_rate_{m}"] = r.get(f"{m}_pass_rate")
+            ok = ok and inside
+        c["time_ratio"] = float(r.get("time_ratio", math.nan))
+        c["time_ok"] = c["time_ratio"] <= TIME_LIMIT
+        c["underpowered"] = [
+            m for m in BAND_METRICS if float(r.get(f"{m}_band_power", math.inf)) < 1.0
+        ]
+        c["passes"] = bool(ok and c["time_ok"])
+        out.append(c)
+    return out
+
+
+def tuning_gain(runs: Sequence[Mapping[str, Any]], metric: str = "band_score") -> dict[str, Any]:
+    """Tuned minus default ``metric`` per (method, fraction), paired by evaluation seed, with
+    a bootstrap 95% interval over the seeds."""
+    by: dict[tuple[str, float, str], dict[int, float]] = {}
+    for r in runs:
+        key = (r["method"], r["forget_fraction"], r["config"])
+        by.setdefault(key, {})[r["seed"]] = float(r["metrics"].get(metric, math.nan))
+    out: dict[str, Any] = {}
+    for (m, frac, cfg), vals in sorted(by.items()):
+        if cfg != "tuned" or (m, frac, "default") not in by:
+            continue
+        dflt = by[(m, frac, "default")]
+        diffs = [vals[s] - dflt[s] for s in sorted(vals) if s in dflt]
+        out[f"{m}@{frac:g}"] = {
+            "mean": float(np.nanmean(diffs)) if diffs else float("nan"),
+            "ci": bootstrap_ci(diffs),
+            "n_seeds": len(diffs),
+        }
+    return out
 
 
 def _spread(runs: Sequence[Mapping[str, Any]], frac: float, metric: str) -> float:
@@ -204,6 +330,42 @@ class TuningPlan:
     optimizer: str = "eeipu"
 
 
+@dataclass(frozen=True)
+class Extras:
+    """What ``run_bench`` reports beyond the method table.
+
+    Attributes:
+        agreement_sources: other sources on which the retrain-free objective's rank
+            agreement with the retrain-based ``band_score`` is measured.
+        ablate: the modality ablation (Open-i only).
+    """
+
+    agreement_sources: Sequence[str] = ()
+    ablate: bool = False
+
+    @classmethod
+    def for_source(cls, source: str) -> Extras:
+        """Open-i: agreement on the two bundled sources and the ablation; others: nothing."""
+        if source == "openi":
+            return cls(("diabetes", "breast_cancer"), True)
+        return cls()
+
+
+def _own_agreement(
+    runs: Sequence[Mapping[str, Any]], tuning_metrics: Sequence[Mapping[str, float]]
+) -> dict[str, Any]:
+    every = [r["metrics"] for r in runs if r["method"] != "retrain"] + list(tuning_metrics)
+    return {
+        "spearman_objective_band_score": rank_correlation(
+            [m["objective"] for m in every], [m["band_score"] for m in every]
+        ),
+        "spearman_objective_v1_band_score": rank_correlation(
+            [m["objective_v1"] for m in every], [m["band_score"] for m in every]
+        ),
+        "n_runs": len(every),
+    }
+
+
 def _tune_method(
     method: str,
     frac: float,
@@ -212,7 +374,7 @@ def _tune_method(
     cache: Any,
     data: DataSource,
     log: Callable[[str], None],
-    n_rerank: int = 10,
+    n_rerank: int = 5,
     rerank_seeds: int = RERANK_SEEDS,
     spread_weight: float = SPREAD_WEIGHT,
 ) -> tuple[dict[str, Any], list[dict[str, float]]]:
@@ -279,6 +441,89 @@ def _md_table(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _fmt(v: Any, nd: int = 3) -> str:
+    return "nan" if v is None or not math.isfinite(float(v)) else f"{float(v):.{nd}f}"
+
+
+def _band_markdown(res: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The band table, the band checks, tuning gains, agreement and the ablation."""
+    md = [
+        "",
+        "## Against the retrained band (mean of the per-split bands, mean ± 2 sd over "
+        f"{_fmt(rows[0].get('band_n_retrains') if rows else None, 0)} retrains; "
+        "pass rate = seeds inside their own split's band)",
+        "",
+        "| method | config | forget | " + " | ".join(BAND_METRICS) + " |",
+        "|" + "---|" * (3 + len(BAND_METRICS)),
+    ]
+    for r in rows:
+        cells = [r["method"], r["config"], f"{r['forget_fraction']:.0%}"]
+        for m in BAND_METRICS:
+            b = r.get(f"{m}_band", [math.nan, math.nan])
+            rate = _fmt(r.get(f"{m}_pass_rate"), 1)
+            cells.append(f"{_fmt(r.get(m))} [{_fmt(b[0])}, {_fmt(b[1])}] ({rate})")
+        md.append("| " + " | ".join(cells) + " |")
+    md += [
+        "",
+        f"## Per-example and retain-side figures (forgetting score: N = {res['forgetting_runs']} "
+        "runs vs the retrained ensemble; divergence = mean Jensen-Shannon to the other retrains)",
+        "",
+        "| method | config | forget | LiRA TPR@1% | LiRA TPR@0.1% | forgetting score | retain div "
+        "(retrain) | test div (retrain) | retain loss (retrain) | band_score | time ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+
+        def pair(k: str, nd: int = 3, row: Mapping[str, Any] = r) -> str:
+            return f"{_fmt(row.get(k), nd)} ({_fmt(row.get(f'retrained_{k}'), nd)})"
+
+        cells = [
+            r["method"],
+            r["config"],
+            f"{r['forget_fraction']:.0%}",
+            _fmt(r.get("lira_forget_tpr_at_1pct_fpr")),
+            _fmt(r.get("lira_forget_tpr_at_01pct_fpr")),
+            _fmt(r.get("forgetting_score")),
+            pair("retain_divergence", 4),
+            pair("test_divergence", 4),
+            pair("retain_loss"),
+            _fmt(r.get("band_score")),
+            _fmt(r.get("time_ratio")),
+        ]
+        md.append("| " + " | ".join(cells) + " |")
+    md += ["", "## Band checks (mean over seeds inside the band; excess = distance outside)", ""]
+    for c in res["band_checks"]:
+        misses = [
+            f"{m} +{c[f'excess_{m}']:.3f}" for m in BAND_METRICS if not c.get(f"inside_{m}", True)
+        ]
+        md.append(
+            f"- {c['method']} ({c['config']}, {c['forget_fraction']:.0%}): "
+            + ("PASS" if c["passes"] else "miss: " + (", ".join(misses) or "time"))
+            + f"; time ratio {c['time_ratio']:.3f}"
+            + (f"; underpowered: {', '.join(c['underpowered'])}" if c["underpowered"] else "")
+        )
+    if res["tuning_gain"]:
+        md += ["", "## Tuned minus default band_score on the evaluation seeds (95% bootstrap)", ""]
+        for k, g in res["tuning_gain"].items():
+            md.append(
+                f"- {k}: {g['mean']:+.3f} [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}] "
+                f"over {g['n_seeds']} seeds"
+            )
+    if res["source_agreement"]:
+        md += ["", "## Spearman agreement of the retrain-free objective with band_score", ""]
+        for src, a in res["source_agreement"].items():
+            md.append(
+                f"- {src}: objective {_fmt(a['spearman_objective_band_score'])}, former "
+                f"objective_v1 {_fmt(a['spearman_objective_v1_band_score'])} ({a['n_runs']} runs)"
+            )
+    ab = res.get("modality_ablation")
+    if ab:
+        md += ["", f"## Modality ablation (Open-i test AUC, seeds {ab['seeds']})", ""]
+        for k, v in ab["test_auc"].items():
+            md.append(f"- {k}: {v:.3f} ± {ab['test_auc_std'][k]:.3f}")
+    return md
+
+
 def _write_outputs(out_dir: str, res: Mapping[str, Any]) -> dict[str, str]:
     os.makedirs(out_dir, exist_ok=True)
     all_rows = [*res["rows"], *res["tuned_rows"]]
@@ -342,6 +587,7 @@ def _write_outputs(out_dir: str, res: Mapping[str, Any]) -> dict[str, str]:
         md += ["", "## Tuned hyperparameters (chosen with the retrain-free objective)", ""]
         for k, v in res["tuned_params"].items():
             md.append(f"- {k}: `{v}`")
+    md += _band_markdown(res, all_rows)
     md_path = os.path.join(out_dir, "unlearning.md")
     with open(md_path, "w") as fh:
         fh.write("\n".join(md) + "\n")
@@ -358,8 +604,14 @@ def run_bench(
     data: DataSource = DataSource(),
     threads: int = 1,
     log: Callable[[str], None] = _log,
+    extras: Extras | None = None,
 ) -> dict[str, Any]:
-    """Run the comparison; returns ``rows`` (defaults), ``tuned_rows``, checks and correlations."""
+    """Run the comparison; returns ``rows`` (defaults), ``tuned_rows``, checks and correlations.
+
+    ``extras`` (default: ``Extras.for_source(data.source)``): the agreement sources and
+    the modality ablation.
+    """
+    ex = extras if extras is not None else Extras.for_source(data.source)
     import torch
 
     _check_arguments(fractions, seeds, methods, tuning)
@@ -381,6 +633,13 @@ def run_bench(
     agg = aggregate(runs)
     rows = [r for r in agg if r["config"] == "default"]
     tuned_rows = [r for r in agg if r["config"] == "tuned"]
+    extra: dict[str, Any] = {}
+    for src in ex.agreement_sources:
+        log(f"objective agreement on {src} ...")
+        extra[src] = objective_agreement(DataSource(src, device=data.device), cache)
+    ablation = modality_ablation(seeds) if (ex.ablate and data.source == "openi") else None
+    if ex.agreement_sources:
+        extra[data.source] = _own_agreement(runs, tuning_metrics)
     res: dict[str, Any] = {
         "source": data.source,
         "label": data.label,
@@ -399,6 +658,12 @@ def run_bench(
             f"{frac:g}": {m: _spread(runs, frac, m) for m in TOLERANCES} for frac in fractions
         },
         "rank_correlation": _correlations(runs, tuning_metrics),
+        "rank_correlation_band": _correlations(runs, tuning_metrics, "band_score"),
+        "source_agreement": extra,
+        "band_checks": band_checks(agg),
+        "tuning_gain": tuning_gain(runs),
+        "modality_ablation": ablation,
+        "forgetting_runs": FORGETTING_RUNS,
         "n_tuning_trials": len(tuning_metrics),
         "wall_seconds": time.perf_counter() - t_start,
     }
@@ -441,7 +706,7 @@ def _default_runs(
     for frac in fractions:
         for seed in range(seeds):
             for m in order:
-                pipe = data.pipeline(m, frac)
+                pipe = data.pipeline(m, frac, forgetting_runs=FORGETTING_RUNS)
                 rec = pipe.run(pipe.defaults, cache=cache, seed=seed)
                 runs.append(
                     {
@@ -476,7 +741,7 @@ def _tuned_runs(
             )
             tuning_metrics += trial_metrics
             tuned_params[f"{m}@{frac:g}"] = params["unlearn"]
-            pipe = data.pipeline(m, frac, tune_upstream=False)
+            pipe = data.pipeline(m, frac, tune_upstream=False, forgetting_runs=FORGETTING_RUNS)
             for seed in range(seeds):
                 rec = pipe.run(params, cache=cache, seed=seed)
                 runs.append(
@@ -493,21 +758,112 @@ def _tuned_runs(
 
 
 def _correlations(
-    runs: Sequence[Mapping[str, Any]], tuning_metrics: Sequence[Mapping[str, float]]
+    runs: Sequence[Mapping[str, Any]],
+    tuning_metrics: Sequence[Mapping[str, float]],
+    score: str = "retrain_score",
 ) -> dict[str, float]:
-    """Spearman correlations of the retrain-free objective with the retrain-based score."""
+    """Spearman correlations of the retrain-free objective with a retrain-based score."""
     dflt = [r["metrics"] for r in runs if r["config"] == "default" and r["method"] != "retrain"]
     tuned = [r["metrics"] for r in runs if r["config"] == "tuned"]
+    every = (*dflt, *tuned, *tuning_metrics)
     return {
-        "default_runs": rank_correlation(
-            [m["objective"] for m in dflt], [m["retrain_score"] for m in dflt]
-        ),
+        "default_runs": rank_correlation([m["objective"] for m in dflt], [m[score] for m in dflt]),
         "tuning_trials": rank_correlation(
-            [m["objective"] for m in tuning_metrics],
-            [m["retrain_score"] for m in tuning_metrics],
+            [m["objective"] for m in tuning_metrics], [m[score] for m in tuning_metrics]
         ),
-        "all_trials": rank_correlation(
-            [m["objective"] for m in (*dflt, *tuned, *tuning_metrics)],
-            [m["retrain_score"] for m in (*dflt, *tuned, *tuning_metrics)],
-        ),
+        "all_trials": rank_correlation([m["objective"] for m in every], [m[score] for m in every]),
+    }
+
+
+AGREEMENT_METHODS = ("forget-mi", "multidelete", "neggrad-plus", "scrub")
+
+
+def objective_agreement(
+    data: DataSource,
+    cache: Any,
+    frac: float = 0.10,
+    seeds: Sequence[int] = (2000, 2001),
+    n_configs: int = 8,
+    methods: Sequence[str] = AGREEMENT_METHODS,
+) -> dict[str, Any]:
+    """Spearman agreement of the retrain-free ``objective`` (and of the former
+    ``objective_v1``) with the retrain-based ``band_score`` over the defaults and
+    ``n_configs`` random configurations of each method, on development seeds."""
+    import random
+
+    obj, old, ref = [], [], []
+    for m in methods:
+        pipe = data.pipeline(m, frac, tune_upstream=False)
+        rnd = random.Random(0)
+        cfgs = [dict(pipe.defaults), *(pipe.space.sample(rnd) for _ in range(n_configs))]
+        for c in cfgs:
+            for s in seeds:
+                met = pipe.run(c, cache=cache, seed=s).metrics
+                obj.append(met["objective"])
+                old.append(met["objective_v1"])
+                ref.append(met["band_score"])
+    return {
+        "spearman_objective_band_score": rank_correlation(obj, ref),
+        "spearman_objective_v1_band_score": rank_correlation(old, ref),
+        "n_runs": len(obj),
+        "forget_fraction": frac,
+        "seeds": list(seeds),
+    }
+
+
+def modality_ablation(seeds: int, frac: float = 0.10) -> dict[str, Any]:
+    """Test AUC on Open-i of the fusion model fed one modality at a time (the others set to
+    their training mean, 0 after standardisation), of logistic regressions on the metadata
+    and on age alone, and of the fusion model trained 5 epochs instead of 20; mean and sd
+    over evaluation seeds ``0 .. seeds-1``."""
+    from sklearn.linear_model import LogisticRegression
+
+    from pipelines.unlearning.data import load_data, split_patients
+    from pipelines.unlearning.features import featurize
+    from pipelines.unlearning.metrics import classification
+    from pipelines.unlearning.model import ModelConfig, TrainConfig, predict_proba, train_model
+    from pipelines.unlearning.pipelines import FEATURIZE_DEFAULTS, TRAIN_DEFAULTS
+
+    d = load_data("openi")
+    n_meta = d.img_x.shape[1]
+    td = TRAIN_DEFAULTS
+    res: dict[str, list[float]] = {}
+    for seed in range(seeds):
+        sp = split_patients(d.groups, frac, seed)
+        f = featurize(d, sp, str(FEATURIZE_DEFAULTS["text_encoder"]),
+                      int(FEATURIZE_DEFAULTS["text_dim"]), int(FEATURIZE_DEFAULTS["image_dim"]),
+                      seed)  # fmt: skip
+        n_codes = f.image.shape[1] - n_meta
+        zt, zi = np.zeros_like(f.text), np.zeros_like(f.image)
+        codes, meta = f.image.copy(), f.image.copy()
+        codes[:, n_codes:] = 0.0
+        meta[:, :n_codes] = 0.0
+        views = {
+            "text only": (f.text, zi),
+            "image codes only": (zt, codes),
+            "metadata only": (zt, meta),
+            "all (fusion)": (f.text, f.image),
+        }
+        cfg = ModelConfig(
+            f.text.shape[1], f.image.shape[1], int(td["hidden"]), float(td["dropout"])
+        )
+        for name, (xt, xi) in views.items():
+            for ep in (int(td["epochs"]), 5) if name == "all (fusion)" else (int(td["epochs"]),):
+                tc = TrainConfig(float(td["lr"]), ep, float(td["weight_decay"]), 64)
+                m = train_model(cfg, xt, xi, f.y, sp.train, tc, seed)
+                p = predict_proba(cfg, m.state, xt, xi)
+                label = name if ep == int(td["epochs"]) else f"{name}, {ep} epochs"
+                res.setdefault(label, []).append(classification(p[sp.test], f.y[sp.test])[0])
+        for name, cols in (("metadata logistic regression", slice(n_codes, None)),
+                           ("age logistic regression", slice(n_codes, n_codes + 1))):  # fmt: skip
+            lr = LogisticRegression(max_iter=2000).fit(f.image[sp.train][:, cols], f.y[sp.train])
+            s = lr.predict_proba(f.image[sp.test][:, cols])
+            res.setdefault(name, []).append(classification(s, f.y[sp.test])[0])
+    return {
+        "test_auc": {k: float(np.mean(v)) for k, v in res.items()},
+        "test_auc_std": {
+            k: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for k, v in res.items()
+        },
+        "seeds": list(range(seeds)),
+        "forget_fraction": frac,
     }

@@ -40,6 +40,7 @@ __all__ = [
     "Pending",
     "mean_cost_after",
     "prefix_id",
+    "prefix_ids",
 ]
 
 
@@ -106,6 +107,16 @@ def prefix_id(space: SearchSpace, params: Mapping[str, Mapping[str, Scalar]], de
         sp = params[stage]
         parts.append(stage + "(" + ",".join(f"{k}={sp[k]!r}" for k in sorted(sp)) + ")")
     return "/".join(parts)
+
+
+def prefix_ids(space: SearchSpace, params: Mapping[str, Mapping[str, Scalar]]) -> list[str]:
+    """``prefix_id`` of every depth ``1..K`` of ``params`` (each stage formatted once)."""
+    ids: list[str] = []
+    for stage in space.stage_names:
+        sp = params[stage]
+        part = stage + "(" + ",".join(f"{k}={sp[k]!r}" for k in sorted(sp)) + ")"
+        ids.append(f"{ids[-1]}/{part}" if ids else part)
+    return ids
 
 
 class Optimizer(ABC):

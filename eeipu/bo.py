@@ -41,7 +41,7 @@ from eeipu.candidates import (
 )
 from eeipu.models import DTYPE
 from eeipu.options import BOOptions, check_options
-from eeipu.prefixes import PrefixPlan, prefix_pool
+from eeipu.prefixes import PrefixMemo, PrefixPlan, prefix_pool
 from eeipu.space import SearchSpace
 from eeipu.surrogates import Surrogates
 from eeipu.warmup import uniform_warmup
@@ -93,6 +93,11 @@ class CostAwareBO(Optimizer):
         objective_noise: the objective GP's noise variance (standardised, warped units),
             fixed, in [1e-4, 1], for a deterministic objective; ``None`` (default): learnt
             by marginal likelihood.
+        max_points: most observations the objective GP is conditioned on (``None``: all,
+            exact but cubic in the history's size); beyond it a subset: the best, the
+            latest and a spread of the rest. Cost GPs hold half as many (each distinct
+            input once), and hyperparameters are fitted on a quarter as many
+            (``eeipu.surrogates.Surrogates``).
 
     Options that were removed (``eeipu.options.REMOVED_OPTIONS``) raise ``ValueError``.
     """
@@ -121,6 +126,7 @@ class CostAwareBO(Optimizer):
         eta: float | None = None,
         kernel: str = "stage-additive",
         objective_noise: float | None = None,
+        max_points: int | None = 1000,
         **unknown: Any,
     ) -> None:
         check_options(self.name, unknown)
@@ -136,6 +142,7 @@ class CostAwareBO(Optimizer):
             eta=eta,
             kernel=kernel,
             objective_noise=objective_noise,
+            max_points=max_points,
         )
         self.surrogates = Surrogates(
             space,
@@ -143,8 +150,10 @@ class CostAwareBO(Optimizer):
             refit_fraction,
             stage_additive=kernel == "stage-additive",
             objective_noise=objective_noise,
+            max_points=max_points,
         )
         self.last_info: dict[str, Any] = {}
+        self._prefix_memo = PrefixMemo()
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -239,7 +248,14 @@ class CostAwareBO(Optimizer):
         plans = [PrefixPlan(0, {}, 0.0, "", "empty")]
         if self.memoize:
             plans = prefix_pool(
-                space, history, pending, cached, self.n_warmup, self.sign(), opts.max_prefixes
+                space,
+                history,
+                pending,
+                cached,
+                self.n_warmup,
+                self.sign(),
+                opts.max_prefixes,
+                self._prefix_memo,
             )
         table = PrefixTable.of(space, plans)
         acquisition = PlannedAcquisition(

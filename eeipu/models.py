@@ -28,7 +28,7 @@ from gpytorch.mlls import ExactMarginalLogLikelihood
 from gpytorch.priors import LogNormalPrior
 from torch import Tensor
 
-__all__ = ["DTYPE", "FitState", "SurrogateGP", "fit_surrogate"]
+__all__ = ["DTYPE", "FitState", "SurrogateGP", "data_subset", "fit_surrogate", "spread_rows"]
 
 DTYPE = torch.float64
 
@@ -333,6 +333,8 @@ def fit_surrogate(
     groups: Sequence[Sequence[int]] | None = None,
     mean: str = "constant",
     noise: float | None = None,
+    fit_rows: Tensor | None = None,
+    n_seen: int | None = None,
 ) -> SurrogateGP:
     """Fit (or refresh) a GP on ``X`` (``n x d``) and targets ``y`` (``n``).
 
@@ -351,6 +353,9 @@ def fit_surrogate(
     ``noise``: the observation noise variance (standardised units), fixed; ``None``: learnt.
     A refit starts from the previous hyperparameters AND from the defaults and keeps the
     fit with the higher marginal likelihood.
+    ``fit_rows``: the rows the hyperparameters are fitted on (``None``: all; the marginal
+    likelihood's cost is cubic in their number); the GP is conditioned on every row.
+    ``n_seen``: the data size the refit rule counts (``None``: ``n``), for a GP on a subset.
     """
     if mean not in ("constant", "linear", "worst"):
         raise ValueError(f"mean must be 'constant', 'linear' or 'worst', got {mean!r}")
@@ -365,11 +370,13 @@ def fit_surrogate(
     X = X.to(DTYPE)
     if X.shape[-1] == 0 or n == 0:
         return SurrogateGP(None, y_mean, y_std, X, Y, state, groups, mean)
-    need = state.hypers is None or n >= state.n_fit + max(
+    n_data = n if n_seen is None else int(n_seen)
+    need = state.hypers is None or n_data >= state.n_fit + max(
         1, math.ceil(refit_fraction * state.n_fit)
     )
     trend = linear_trend(X, Y) if need and mean == "linear" else None
-    model = _build(X, Y, state.hypers, groups, mean, trend, noise)
+    Xf, Yf = (X[fit_rows], Y[fit_rows]) if need and fit_rows is not None else (X, Y)
+    model = _build(Xf, Yf, state.hypers, groups, mean, trend, noise)
     if need:
         # Two starts: the previous fit (cheap to refine) and the default initialisation.
         # A warm start alone is path-dependent: once a kernel term's scale has collapsed
@@ -379,15 +386,49 @@ def fit_surrogate(
         starts = (
             [model]
             if state.hypers is None
-            else [model, _build(X, Y, None, groups, mean, trend, noise)]
+            else [model, _build(Xf, Yf, None, groups, mean, trend, noise)]
         )
         fitted = [(_fit_mll(m, maxiter), m) for m in starts]
         best_mll, model = max(fitted, key=lambda t: t[0])
         if not math.isfinite(best_mll):  # every fit failed: keep the previous hyperparameters
-            model = _build(X, Y, state.hypers, groups, mean, trend, noise)
+            model = _build(Xf, Yf, state.hypers, groups, mean, trend, noise)
         state = FitState(
-            n_fit=n,
+            n_fit=n_data,
             hypers={k: p.detach().reshape(-1).tolist() for k, p in model.named_parameters()},
         )
         model.eval()
+    if Xf is not X:  # fitted on a subset: conditioned on every row
+        model = _build(X, Y, state.hypers, groups, mean, None, noise)
     return SurrogateGP(model, y_mean, y_std, X, Y, state, groups, mean)
+
+
+def spread_rows(n: int, k: int, keep: Tensor | None = None) -> Tensor:
+    """``min(n, k)`` of ``n`` row indices, sorted: the first ``k`` of ``keep`` (distinct
+    indices, in priority order), then rows spread evenly over the trial order by a fixed
+    golden-ratio rank (row ``i``'s rank is ``frac(i * 0.618...)``), so that a row chosen at
+    ``n`` rows mostly stays chosen as rows are appended.
+    """
+    if n <= k:
+        return torch.arange(n)
+    rank = torch.frac(torch.arange(n, dtype=DTYPE) * 0.6180339887498949)
+    if keep is not None and keep.numel():
+        rank[keep[:k]] = -1.0
+    return torch.sort(torch.argsort(rank, stable=True)[:k]).values
+
+
+def data_subset(targets: Tensor, limit: int, top: bool) -> Tensor:
+    """The rows (sorted indices) a GP is conditioned on once there are more than ``limit``.
+
+    The latest tenth of ``limit`` rows (the search's current region), with ``top`` also the
+    best twentieth of ``limit`` by target (the incumbent and its runners-up); rows spread
+    over the trial order for the rest (the landscape at large). Every row when
+    ``n <= limit``. (The best half instead of a twentieth measured worse: ``docs/research.md``.)
+    """
+    n = int(targets.shape[0])
+    if n <= limit:
+        return torch.arange(n)
+    keep = torch.arange(n - 1, n - 1 - max(1, limit // 10), -1)
+    if top:
+        best = torch.argsort(-targets.reshape(-1), stable=True)[: max(1, limit // 20)]
+        keep = torch.cat([best, keep[~torch.isin(keep, best)]])
+    return spread_rows(n, limit, keep)

@@ -48,8 +48,17 @@ class BOOptions:
     eta: float | None = None
     kernel: str = "stage-additive"
     objective_noise: float | None = None
+    max_points: int | None = 1000
 
     def __post_init__(self) -> None:
+        if self.max_points is not None and (
+            isinstance(self.max_points, bool)
+            or not isinstance(self.max_points, int)
+            or self.max_points < 20
+        ):
+            raise ValueError(
+                f"max_points must be an integer >= 20 or null, got {self.max_points!r}"
+            )
         if self.kernel not in KERNELS:
             raise ValueError(f"kernel must be 'rbf' or 'stage-additive', got {self.kernel!r}")
         noise = self.objective_noise

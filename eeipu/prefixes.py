@@ -14,15 +14,16 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from eeipu.base import CachedPrefix, Observation, Params, Pending, prefix_id
+from eeipu.base import CachedPrefix, Observation, Params, Pending, prefix_id, prefix_ids
 from eeipu.models import DTYPE
 from eeipu.space import SearchSpace
 
-__all__ = ["PrefixPlan", "pin_mask_and_values", "prefix_pool"]
+__all__ = ["PrefixMemo", "PrefixPlan", "pin_mask_and_values", "prefix_pool"]
 
 
 @dataclass
@@ -34,6 +35,51 @@ class PrefixPlan:
     load_seconds: float
     pid: str
     source: str  # "empty", "cache", "pending" or "batch"
+
+
+class PrefixMemo:
+    """Prefix ids of cached prefixes, kept from one call of ``prefix_pool`` to the next.
+
+    Keyed by the prefix's depth and its exact values with their types (zeros by their text,
+    so ``-0.0`` stays apart from ``0.0``), which is cheaper to build than the id's canonical
+    text; only the keys of the latest call are kept.
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[Any, ...], str] = {}
+        self._seen: dict[tuple[Any, ...], str] = {}
+
+    def start(self) -> None:
+        self._seen = {}
+
+    def finish(self) -> None:
+        self._ids = self._seen
+
+    def pid(self, space: SearchSpace, c: CachedPrefix) -> str | None:
+        """The id of ``c`` (``None``: it lacks a stage of ``space``)."""
+        stages = space.stage_names[: c.depth]
+        try:
+            key: tuple[Any, ...] = (
+                c.depth,
+                *(
+                    tuple((k, type(v), v if v != 0 else repr(v)) for k, v in c.params[s].items())
+                    for s in stages
+                ),
+            )
+            hash(key)
+        except KeyError:
+            return None
+        except TypeError:  # an unhashable value: no memo
+            key = ()
+        pid = self._ids.get(key) if key else None
+        if pid is None:
+            try:
+                pid = prefix_id(space, c.params, c.depth)
+            except KeyError:
+                return None
+        if key:
+            self._seen[key] = pid
+        return pid
 
 
 def pin_mask_and_values(space: SearchSpace, plan: PrefixPlan) -> tuple[Tensor, Tensor]:
@@ -61,7 +107,7 @@ def _best_value_and_warmup_only(
     best: dict[str, float] = {}
     warmup_only: dict[str, bool] = {}
     for i, o in enumerate(history):
-        pids = [prefix_id(space, o.params, d) for d in range(1, n_stages)]
+        pids = prefix_ids(space, o.params)[: n_stages - 1]
         for pid in pids:
             warmup_only[pid] = warmup_only.get(pid, True) and i < n_warmup
         if o.value is None or not math.isfinite(o.value):
@@ -79,39 +125,54 @@ def prefix_pool(
     n_warmup: int,
     sign: float,
     max_prefixes: int,
+    memo: PrefixMemo | None = None,
 ) -> list[PrefixPlan]:
     """The empty prefix, then up to ``max_prefixes`` cached ones, then the pending ones.
 
     Cached prefixes are ranked by the best value of a trial that shares them (then deeper
     first, then by id); a pending trial's prefixes join with the cache's measured load cost
-    when it holds them, else with the median load cost of the cached prefixes.
+    when it holds them, else with the median load cost of the cached prefixes. ``memo``
+    keeps the cached prefixes' ids between calls (a long study offers thousands).
     """
     pool = [PrefixPlan(0, {}, 0.0, "", "empty")]
     stages = space.stage_names
     n_stages = len(stages)
     best, warmup_only = _best_value_and_warmup_only(space, history, n_warmup, sign)
-    cached_plans: dict[str, PrefixPlan] = {}
+    offered: dict[str, CachedPrefix] = {}
+    memo = memo if memo is not None else PrefixMemo()
+    memo.start()
     for c in cached:
         if not 1 <= c.depth < n_stages:
             continue
-        try:
+        pid = memo.pid(space, c)
+        if pid is None or pid in offered or pid in warmup_only:
+            continue
+        offered[pid] = c
+    memo.finish()
+    # Plans are made, and checked, only for the prefixes used: a long study caches
+    # thousands. A prefix of another version of the space (other params) is not reusable.
+    cached_plans: dict[str, PrefixPlan | None] = {}
+
+    def plan_of(pid: str) -> PrefixPlan | None:
+        if pid not in cached_plans:
+            c = offered[pid]
             params = {s: dict(c.params[s]) for s in stages[: c.depth]}
-            pid = prefix_id(space, params, c.depth)
-        except KeyError:
-            continue
-        if pid in cached_plans or pid in warmup_only:
-            continue
-        plan = PrefixPlan(c.depth, params, max(0.0, float(c.load_seconds)), pid, "cache")
-        try:  # a prefix of another version of the space (other params) is not reusable
-            pin_mask_and_values(space, plan)
-        except (KeyError, ValueError, TypeError):
-            continue
-        cached_plans[pid] = plan
-    ranked = sorted(
-        cached_plans.values(), key=lambda p: (-best.get(p.pid, -math.inf), -p.depth, p.pid)
-    )
-    pool += ranked[:max_prefixes]
-    loads = [p.load_seconds for p in cached_plans.values()]
+            plan = PrefixPlan(c.depth, params, max(0.0, float(c.load_seconds)), pid, "cache")
+            try:
+                pin_mask_and_values(space, plan)
+                cached_plans[pid] = plan
+            except (KeyError, ValueError, TypeError):
+                cached_plans[pid] = None
+        return cached_plans[pid]
+
+    ranked = sorted(offered, key=lambda pid: (-best.get(pid, -math.inf), -offered[pid].depth, pid))
+    for pid in ranked:
+        if len(pool) > max_prefixes:
+            break
+        plan = plan_of(pid)
+        if plan is not None:
+            pool.append(plan)
+    loads = [max(0.0, float(c.load_seconds)) for c in offered.values()]
     default_load = statistics.median(loads) if loads else 0.0
     in_pool = {p.pid for p in pool}
     for pend in pending:
@@ -120,8 +181,9 @@ def prefix_pool(
             pid = prefix_id(space, params, d)
             if pid in in_pool:
                 continue
-            if pid in cached_plans:  # cached but not among the most promising: now it is
-                pool.append(cached_plans[pid])
+            plan = plan_of(pid) if pid in offered else None
+            if plan is not None:  # cached but not among the most promising: now it is
+                pool.append(plan)
             else:
                 pool.append(PrefixPlan(d, params, default_load, pid, "pending"))
             in_pool.add(pid)

@@ -19,15 +19,31 @@ from torch import Tensor
 
 from eeipu.acquisition import predicted_cost
 from eeipu.base import Observation, Pending, mean_cost_after
-from eeipu.models import DTYPE, FitState, SurrogateGP, fit_surrogate
+from eeipu.models import DTYPE, FitState, SurrogateGP, data_subset, fit_surrogate
 from eeipu.space import SearchSpace
 
-__all__ = ["COST_FLOOR", "CostModels", "Surrogates"]
+__all__ = ["COST_FLOOR", "CostModels", "Surrogates", "mean_of_duplicates"]
 
 COST_FLOOR = 1e-6  # seconds: the least stage cost whose log the cost GPs see
 
 # Each cost GP with the columns of the encoded configuration it reads.
 CostModels = list[tuple[SurrogateGP, slice]]
+
+
+def mean_of_duplicates(X: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Distinct rows of ``X`` (``n x d``) in order of first appearance, with the mean of
+    ``y`` (``n``) over each one's repeats."""
+    uniq, inverse = torch.unique(X, dim=0, return_inverse=True)
+    if uniq.shape[0] == X.shape[0]:
+        return X, y
+    n_u = uniq.shape[0]
+    total = torch.zeros(n_u, dtype=y.dtype).index_add_(0, inverse, y)
+    count = torch.zeros(n_u, dtype=y.dtype).index_add_(0, inverse, torch.ones_like(y))
+    first = torch.full((n_u,), X.shape[0], dtype=torch.long).scatter_reduce_(
+        0, inverse, torch.arange(X.shape[0]), reduce="amin"
+    )
+    order = torch.argsort(first)
+    return uniq[order], (total / count)[order]
 
 
 class Surrogates:
@@ -39,6 +55,11 @@ class Surrogates:
         refit_fraction: refit hyperparameters when the data grew by this fraction.
         stage_additive: the objective GP's kernel is stage-additive (else one ARD RBF).
         objective_noise: fixed noise variance of the objective GP, ``None``: learnt.
+        max_points: most observations the objective GP is conditioned on (``None``: all).
+            Beyond it the GP sees the best, the latest and rows spread over the rest
+            (``eeipu.models.data_subset``). A cost GP holds at most half as many: beyond
+            that, each distinct input once (its mean cost), the latest and a spread.
+            Hyperparameters are fitted on at most a quarter as many rows, chosen alike.
     """
 
     def __init__(
@@ -48,8 +69,10 @@ class Surrogates:
         refit_fraction: float,
         stage_additive: bool,
         objective_noise: float | None,
+        max_points: int | None = None,
     ) -> None:
         self.space = space
+        self.max_points = max_points
         self.cost_model = cost_model
         self.refit_fraction = refit_fraction
         self.stage_additive = stage_additive
@@ -70,7 +93,21 @@ class Surrogates:
         mean: str,
         groups: list[list[int]] | None,
         noise: float | None = None,
+        top: bool = False,
     ) -> SurrogateGP:
+        n_seen = int(y.shape[0])
+        fit_rows = None
+        if self.max_points is not None:
+            limit, quarter = self.max_points, self.max_points // 4
+            if not top:  # a cost GP: half as many rows (a smooth function of a few columns)
+                limit //= 2
+            if n_seen > limit:
+                if not top:  # repeated inputs (a reused prefix's stages) count once
+                    X, y = mean_of_duplicates(X, y)
+                rows = data_subset(y, limit, top)
+                X, y = X[rows], y[rows]
+            if y.shape[0] > quarter:
+                fit_rows = data_subset(y, quarter, top)
         gp = fit_surrogate(
             X,
             y,
@@ -79,6 +116,8 @@ class Surrogates:
             groups=groups,
             mean=mean,
             noise=noise,
+            fit_rows=fit_rows,
+            n_seen=n_seen,
         )
         self.fits[name] = gp.state
         return gp
@@ -97,7 +136,9 @@ class Surrogates:
                 for sl in self.space.stage_slices.values()
                 if sl.stop > sl.start
             ]
-        return self._fit("objective", X, targets, "constant", groups, self.objective_noise)
+        return self._fit(
+            "objective", X, targets, "constant", groups, self.objective_noise, top=True
+        )
 
     def costs(self, history: Sequence[Observation]) -> CostModels:
         """The log-cost GPs on the trials that ran every stage (none with fewer than two)."""

@@ -13,7 +13,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["clipped_gap", "objective_targets"]
+__all__ = ["clipped_gap", "gap_scale", "objective_targets", "warmup_floor"]
+
+
+def gap_scale(y: Tensor, q: float = 0.5, floor: float = 0.0) -> Tensor:
+    """The clipping scale ``s`` of ``clipped_gap`` (a 0-dim tensor, ``> 0``)."""
+    return torch.quantile(y.max() - y, q).clamp_min(max(float(floor), 1e-12))
 
 
 def clipped_gap(y: Tensor, q: float = 0.5, floor: float = 0.0) -> Tensor:
@@ -27,9 +32,7 @@ def clipped_gap(y: Tensor, q: float = 0.5, floor: float = 0.0) -> Tensor:
     Returns:
         ``n`` targets in ``[-s, 0]``, 0 at the best.
     """
-    gap = y.max() - y
-    scale = torch.quantile(gap, q).clamp_min(max(float(floor), 1e-12))
-    return -gap.clamp_max(scale)
+    return -(y.max() - y).clamp_max(gap_scale(y, q, floor))
 
 
 def objective_targets(y: Tensor, n_warmup: int) -> Tensor:
@@ -39,5 +42,9 @@ def objective_targets(y: Tensor, n_warmup: int) -> Tensor:
         y: ``n`` signed objective values in trial order, the warm-up trials first.
         n_warmup: how many of the first values are warm-up trials (at least one counts).
     """
-    warmup = y[: max(1, n_warmup)]
-    return clipped_gap(y, 0.5, float(y.max() - warmup.max()))
+    return clipped_gap(y, 0.5, warmup_floor(y, n_warmup))
+
+
+def warmup_floor(y: Tensor, n_warmup: int) -> float:
+    """The floor of the clipping scale: the gap of the best warm-up trial."""
+    return float(y.max() - y[: max(1, n_warmup)].max())

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, NoReturn
 
-COMMANDS = ("run", "tune", "cache_cmd", "serve", "studies", "worker", "pipelines_cmd")
+COMMANDS = ("run", "tune", "cache_cmd", "serve", "studies", "worker", "pipelines_cmd", "report")
 PLUGIN_GROUP = "eeipu.cli"
 EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a process killed by SIGPIPE

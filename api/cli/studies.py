@@ -1,7 +1,10 @@
-"""``eeipu studies list|show|best``: look at studies, through a server or straight from the store.
+"""``eeipu studies list|show|best|export``: look at studies, through a server or straight
+from the store.
 
 ``--server URL`` asks a running service through ``api.client``; otherwise the store at
 ``--db`` (default: the embedded SQLite file) is read directly, so this works without a server.
+``export`` writes every trial as CSV or JSON with the columns of ``api.report.rows`` (those of
+``GET /v1/studies/{id}/trials.csv``).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from typing import Any
 
 from api.cli.common import add_db_arg, db_url_from, emit_json
 
+MAX_STUDY_ID = 2**31 - 1  # api.schemas.MAX_ID (ids are 32-bit in every backend)
+
 
 def _study_id(text: str) -> int:
     try:
@@ -20,8 +25,10 @@ def _study_id(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"a study id is a positive integer, got {text!r}"
         ) from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"a study id is a positive integer, got {v}")
+    if not 1 <= v <= MAX_STUDY_ID:
+        raise argparse.ArgumentTypeError(
+            f"a study id is an integer from 1 to {MAX_STUDY_ID}, got {text!r}"
+        )
     return v
 
 
@@ -51,6 +58,24 @@ def register(sub: Any) -> None:
         add_db_arg(q, "database URL, read when no --server is given")
         q.add_argument("--json", action="store_true", help="print one JSON line")
         q.set_defaults(func=globals()[f"_{name}"])
+    _register_export(ssub)
+
+
+def _add_source_args(q: Any) -> None:
+    q.add_argument("--server", default=None, help="service URL (default: read --db)")
+    q.add_argument(
+        "--token", default=None, help="the server's API token (default: $EEIPU_API_TOKEN)"
+    )
+    add_db_arg(q, "database URL, read when no --server is given")
+
+
+def _register_export(ssub: Any) -> None:
+    q = ssub.add_parser("export", help="every trial of a study as CSV or JSON")
+    q.add_argument("study_id", type=_study_id)
+    q.add_argument("--format", choices=("csv", "json"), default="csv", help="output format")
+    q.add_argument("--out", default=None, help="file to write (default: standard output)")
+    _add_source_args(q)
+    q.set_defaults(func=_export)
 
 
 class _Source:
@@ -88,12 +113,12 @@ class _Source:
             raise ValueError(f"study {sid} not found")
         return study_out(s)
 
-    def trials(self, sid: int) -> list[dict[str, Any]]:
+    def trials(self, sid: int, stages: bool = False) -> list[dict[str, Any]]:
         from api.schemas import trial_out
 
         if self.client is not None:
-            return [t.to_dict() for t in self.client.trials(sid)]
-        return [trial_out(t) for t in self.store.list_trials(sid)]
+            return [t.to_dict() for t in self.client.trials(sid, stages=stages)]
+        return [trial_out(t) for t in self.store.list_trials(sid, with_stages=stages)]
 
     def best(self, sid: int) -> dict[str, Any]:
         if self.client is not None:
@@ -179,3 +204,69 @@ def _best(args: argparse.Namespace) -> int:
     for stage, params in b["params"].items():
         print(f"  {stage}: " + ", ".join(f"{k}={v}" for k, v in params.items()))
     return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    """Stream the trials to ``--out`` (written atomically) or standard output: from the
+    store page by page; through a server, its ``trials.csv`` as it arrives (JSON: the
+    trials' pages, then one document)."""
+    import sys
+    from collections.abc import Iterable
+
+    from api.report import export, files
+    from api.report.rows import declared_stages
+
+    out = None if args.out is None else files.out_file(args.out)
+    src = _Source(args)
+    try:
+        s = src.study(args.study_id)  # a bad id or an unreachable server: before any write
+        stages = declared_stages(str(s["pipeline"]))
+        chunks: Iterable[str]
+        if src.store is not None and args.format == "csv":
+            chunks = export.csv_chunks(src.store, args.study_id, stages)
+        elif src.store is not None:
+            chunks = export.json_chunks(src.store, s, stages)
+        elif args.format == "csv":
+            chunks = _server_csv(args, args.study_id)
+        else:
+            chunks = _server_json(src, s, stages)
+        if out is None:
+            for c in chunks:
+                sys.stdout.write(c)
+        else:
+            files.write_text(out, chunks)
+            print(f"wrote study {args.study_id}'s trials to {out}", file=sys.stderr)
+    finally:
+        src.close()
+    return 0
+
+
+def _server_csv(args: argparse.Namespace, sid: int) -> Any:
+    """The server's ``GET /v1/studies/{id}/trials.csv``, chunk by chunk."""
+    import httpx
+
+    token = args.token or os.environ.get("EEIPU_API_TOKEN") or None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    url = f"{args.server.rstrip('/')}/v1/studies/{sid}/trials.csv"
+    try:
+        with httpx.stream("GET", url, headers=headers, timeout=60.0) as r:
+            if r.status_code >= 400:
+                r.read()
+                raise ValueError(f"{url}: HTTP {r.status_code}: {r.text[:300]}")
+            yield from r.iter_text()
+    except httpx.HTTPError as e:
+        raise ValueError(f"{url}: {e or type(e).__name__}") from None
+
+
+def _server_json(src: _Source, s: dict[str, Any], stages: list[str]) -> list[str]:
+    import json
+
+    from api.report.rows import to_records
+
+    cols, rows = to_records(src.trials(int(s["id"]), stages=True), stages)
+    return [
+        json.dumps(
+            {"study": s, "columns": cols, "trials": rows}, separators=(",", ":"), default=str
+        )
+        + "\n"
+    ]

@@ -57,7 +57,7 @@ def list_studies(
 async def get_study(study_id: StudyId, svc: ServiceDep) -> Any:
     # One primary-key read of a row that carries its own counters (~0.2 ms): done on the
     # event loop, because the hop to the thread pool would cost more than the query.
-    return study_out(svc.get_study(study_id))
+    return study_out(svc.get_study(study_id, with_state=False))
 
 
 @router.get("/{study_id}/best", responses=READ_ERRORS, response_model=BestOut)

@@ -60,16 +60,15 @@ def list_trials(
     it end to end); so the response schema is documented with ``responses`` instead.
     """
     svc.spec(study_id)  # 404 for an unknown study
-    total = svc.store.count_trials(study_id, state, after=after)
     if stages:
+        total = svc.store.count_trials(study_id, state, after=after)
         rows = svc.store.list_trials(study_id, state, limit, offset, with_stages=True, after=after)
         page = TrialPage.model_validate(
             page_out([trial_out(t) for t in rows], total, limit, offset)
         )
         return Response(page.model_dump_json(), media_type="application/json")
-    items = [
-        _finite_json(t) for t in svc.store.trials_json(study_id, state, limit, offset, after=after)
-    ]
+    total, texts = svc.store.trials_page_json(study_id, state, limit, offset, after=after)
+    items = [_finite_json(t) for t in texts]
     nxt = offset + len(items)
     head = json.dumps(
         {

@@ -27,6 +27,9 @@ against every backend):
   by the study's ``ask_version`` (compare-and-set): proposals are never lost nor made twice.
 * Study counters (complete, failed, cost spent, best) are updated in the same transaction as
   the trial that changes them, so ``get_study`` is one row read and always agrees with trials.
+* A finished trial's ``cost_seconds`` is what it cost the budget: the reported cost plus,
+  when the study's ``count_proposal_time`` is set, the trial's ``proposal_seconds`` (its share
+  of the seconds the proposal that made it took, recorded by ``add_trials``).
 """
 
 from __future__ import annotations
@@ -93,6 +96,8 @@ class StudySpec:
     run_seed: int | None = None  # the pipeline run seed, part of every cache key
     budget_margin: float = 0.0  # allowed overshoot of the budget, in seconds (>= 0)
     max_consecutive_failures: int = 5  # the study fails after this many failures in a row
+    # a trial's share of its proposal's seconds is part of its cost (what the budget counts)
+    count_proposal_time: bool = True
 
 
 @dataclass
@@ -141,6 +146,7 @@ class NewTrial:
     params: dict[str, dict[str, Any]]
     reuse_depth: int = 0
     predicted_cost: float | None = None
+    proposal_seconds: float | None = None  # its share of the seconds the proposal took
 
 
 @dataclass
@@ -178,6 +184,9 @@ class Trial:
     error: str | None = None
     failures: list[dict[str, Any]] = field(default_factory=list)
     stages: list[StageRun] | None = None  # loaded only when asked for
+    # its share of the seconds its proposal took; part of ``cost_seconds`` (once finished)
+    # when the study counts proposal time
+    proposal_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, as the API returns it (``stages`` only when they were loaded)."""
@@ -193,6 +202,7 @@ class Trial:
             "metrics": self.metrics,
             "value": self.value,
             "cost_seconds": self.cost_seconds,
+            "proposal_seconds": self.proposal_seconds,
             "worker": self.worker,
             "attempts": self.attempts,
             "heartbeat_at": self.heartbeat_at,
@@ -215,7 +225,9 @@ class TrialStore(ABC):
     def create_study(self, spec: StudySpec, optimizer_state: dict[str, Any] | None) -> Study: ...
 
     @abstractmethod
-    def get_study(self, study_id: int) -> Study | None: ...
+    def get_study(self, study_id: int, with_state: bool = True) -> Study | None:
+        """The study, or None; ``with_state=False`` leaves ``optimizer_state`` out (None):
+        the hot reads (a study's status, an ask, a tell) do not need it."""
 
     @abstractmethod
     def list_studies(
@@ -271,6 +283,25 @@ class TrialStore(ABC):
         """Trials of a study in ``number`` order (only ``number > after``, if given: the
         incremental fetch of a watching client)."""
 
+    def changed_trials(self, study_id: int, pending: Sequence[int], known: int) -> list[Trial]:
+        """With their stage runs, in ``number`` order: the finished trials among the numbers
+        ``pending``, and every trial numbered ``known`` or above (the incremental read of a
+        reader that holds trials ``0 .. known - 1``, finished ones immutable, and needs to
+        know which of the others finished and what was added)."""
+        want = set(pending)
+        return [
+            t
+            for t in self.list_trials(study_id, with_stages=True)
+            if t.number >= known or (t.number in want and t.state in FINISHED)
+        ]
+
+    def last_finished(self, study_id: int, n: int) -> list[Trial]:
+        """The ``n`` trials of a study that ran (``attempts > 0``) and finished last, oldest
+        first (ordered by ``finished_at``, then ``number``)."""
+        ran = [t for t in self.list_trials(study_id, states=list(FINISHED)) if t.attempts > 0]
+        ran.sort(key=lambda t: (t.finished_at or 0.0, t.number))
+        return ran[-n:] if n > 0 else []
+
     def trials_json(
         self,
         study_id: int,
@@ -285,6 +316,21 @@ class TrialStore(ABC):
             json.dumps(t.to_dict(), separators=(",", ":"))
             for t in self.list_trials(study_id, states, limit, offset, after=after)
         ]
+
+    def trials_page_json(
+        self,
+        study_id: int,
+        states: Sequence[TrialState] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        after: int | None = None,
+    ) -> tuple[int, list[str]]:
+        """``(count_trials(...), trials_json(...))`` of one page, as one read where the
+        backend can (the trials page of the API)."""
+        return (
+            self.count_trials(study_id, states, after=after),
+            self.trials_json(study_id, states, limit, offset, after=after),
+        )
 
     @abstractmethod
     def count_trials(

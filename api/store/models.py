@@ -36,6 +36,8 @@ class StudyRow(Base):
     run_seed: Mapped[int | None] = mapped_column(BigInteger)
     budget_margin: Mapped[float] = mapped_column(Float, default=0.0)
     max_consecutive_failures: Mapped[int] = mapped_column(Integer, default=5)
+    # migration 0003: whether a trial's share of the proposal time counts toward the budget
+    count_proposal_time: Mapped[bool] = mapped_column(Boolean, default=True)
     state: Mapped[str] = mapped_column(String(16), index=True)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
@@ -78,6 +80,8 @@ class TrialRow(Base):
     reused_depth: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     failures: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # migration 0003: the trial's share of the seconds its proposal took (None: older rows)
+    proposal_seconds: Mapped[float | None] = mapped_column(Float)
 
 
 class StageRunRow(Base):

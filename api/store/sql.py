@@ -2,10 +2,13 @@
 
 SQLite: WAL journal, a 30 s busy timeout and ``BEGIN IMMEDIATE`` for every write transaction,
 so writers queue for the lock instead of failing with "database is locked" when a read
-transaction tries to upgrade (Optuna #820). PostgreSQL: pre-ping and recycled pooled
-connections (dropped idle connections, Optuna #1347), claims under ``FOR UPDATE SKIP LOCKED``,
-psycopg 3 for every URL spelling, and each store's sessions named (``application_name``).
-Operations cut by a dropped connection are retried (``SQLTrialStore._run``).
+transaction tries to upgrade (Optuna #820). PostgreSQL: recycled pooled connections, claims
+as one ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED)``, reads in autocommit (no
+``BEGIN``/``ROLLBACK`` round trips around a single ``SELECT``), psycopg 3 for every URL
+spelling, and each store's sessions named (``application_name``). Operations cut by a dropped
+connection (a restart, an idle connection dropped by the network: Optuna #1347) are retried
+on a fresh one (``SQLTrialStore._run``); that replaces a pre-ping, which would cost a round
+trip on every checkout.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     Engine,
+    Table,
     Text,
     and_,
     case,
@@ -31,6 +35,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal,
     or_,
     select,
     text,
@@ -77,6 +82,7 @@ from api.store.values import (
 )
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+TRIALS: Table = TrialRow.__table__  # type: ignore[assignment]  # the Core table of trials
 _WRITE = "eeipu_write"
 
 
@@ -120,6 +126,7 @@ def _study(row: Any, cost_spent: float | None = None) -> Study:
             run_seed=row.run_seed if isinstance(row.run_seed, int) else None,
             budget_margin=_f0(row.budget_margin),
             max_consecutive_failures=_int(row.max_consecutive_failures, 5) or 5,
+            count_proposal_time=bool(row.count_proposal_time),
         ),
         state=StudyState(row.state),
         created_at=_f0(row.created_at, MAX_TIMESTAMP),
@@ -130,7 +137,7 @@ def _study(row: Any, cost_spent: float | None = None) -> Study:
         cost_spent=spent if spent is not None else (cost_spent or 0.0),
         best_value=best,
         best_trial_id=row.best_trial_id if best is not None else None,
-        optimizer_state=clean_json(row.optimizer_state),
+        optimizer_state=clean_json(getattr(row, "optimizer_state", None)),
         ask_version=_int(row.ask_version),
         error=row.error,
     )
@@ -158,6 +165,7 @@ def _trial(row: Any, stages: list[StageRun] | None = None) -> Trial:
         error=row.error,
         failures=clean_json(list(row.failures or [])),
         stages=stages,
+        proposal_seconds=finite(getattr(row, "proposal_seconds", None), MAX_SECONDS, 0.0),
     )
 
 
@@ -297,7 +305,6 @@ def make_engine(url: str, pool_size: int = 10, application_name: str | None = No
         connect_args["application_name"] = application_name
     return create_engine(
         u,
-        pool_pre_ping=True,
         pool_recycle=1800,
         pool_size=pool_size,
         max_overflow=2 * pool_size,
@@ -312,11 +319,26 @@ def migrate(engine: Engine) -> None:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.execution_options(**{_WRITE: True}).begin() as conn:
-        if conn.dialect.name == "postgresql":  # one migrator at a time across processes
-            conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            # SQLite runs most batch operations by copying a table and dropping the old one;
+            # with foreign keys on, that DROP cascades into every child row (a study's trials
+            # and stage runs). The pragma only takes effect outside a transaction.
+            conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
+        try:
+            with conn.execution_options(**{_WRITE: True}).begin():
+                if not sqlite:  # one migrator at a time across processes
+                    conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"migration left {len(broken)} dangling rows")
+        finally:
+            if sqlite:
+                conn.connection.driver_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
 
 
 _T = TypeVar("_T")
@@ -352,6 +374,13 @@ class SQLTrialStore(TrialStore):
         self.engine = make_engine(url, pool_size=pool_size, application_name=self.application_name)
         self._wengine = self.engine.execution_options(**{_WRITE: True})
         self.dialect = self.engine.dialect.name
+        # Reads: one statement each (or several whose order needs no snapshot), so on
+        # PostgreSQL they run in autocommit, without BEGIN and ROLLBACK round trips.
+        self._rengine = (
+            self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self.dialect == "postgresql"
+            else self.engine
+        )
         # one shared in-memory connection: one operation at a time (its transactions would
         # interleave otherwise)
         self._lock: threading.RLock | None = threading.RLock() if self.memory else None
@@ -380,7 +409,7 @@ class SQLTrialStore(TrialStore):
     # ---------------------------------------------------------------- sessions
     @contextmanager
     def _read(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as s:
+        with Session(self._rengine, expire_on_commit=False) as s:
             yield s
 
     @contextmanager
@@ -440,6 +469,7 @@ class SQLTrialStore(TrialStore):
                     run_seed=spec.run_seed,
                     budget_margin=float(spec.budget_margin),
                     max_consecutive_failures=spec.max_consecutive_failures,
+                    count_proposal_time=bool(spec.count_proposal_time),
                     state=StudyState.RUNNING.value,
                     created_at=now,
                     updated_at=now,
@@ -456,13 +486,16 @@ class SQLTrialStore(TrialStore):
 
         return self._run(go)
 
-    def get_study(self, study_id: int) -> Study | None:
+    _NO_STATE = tuple(c for c in StudyRow.__table__.c if c.name != "optimizer_state")
+
+    def get_study(self, study_id: int, with_state: bool = True) -> Study | None:
         # The API's hottest read: a Core select of the mapped table (no Session, no identity
         # map); the row carries its own counters, so this is the whole answer.
-        q = select(StudyRow.__table__).where(StudyRow.__table__.c.id == study_id)
+        table = StudyRow.__table__
+        q = (select(table) if with_state else select(*self._NO_STATE)).where(table.c.id == study_id)
 
         def go(_retry: bool) -> Study | None:
-            with self.engine.connect() as c:
+            with self._rengine.connect() as c:
                 row: Any = c.execute(q).one_or_none()  # a Row: same names as StudyRow
                 return self._studies(c, [row])[0] if row is not None else None
 
@@ -476,7 +509,7 @@ class SQLTrialStore(TrialStore):
             q = q.where(StudyRow.state == state.value)
 
         def go(_retry: bool) -> list[Study]:
-            with self.engine.connect() as c:
+            with self._rengine.connect() as c:
                 return self._studies(c, list(c.execute(q)))
 
         return self._run(go)
@@ -540,6 +573,7 @@ class SQLTrialStore(TrialStore):
         for t in trials:
             check_json_numbers("params", t.params)
             check_optional_number("predicted_cost", t.predicted_cost, MAX_SECONDS)
+            check_optional_number("proposal_seconds", t.proposal_seconds, MAX_SECONDS)
             check_int("reuse_depth", t.reuse_depth, 0, MAX_INT)
         check_json_numbers("optimizer_state", optimizer_state)
         now = time.time()
@@ -563,27 +597,31 @@ class SQLTrialStore(TrialStore):
                         return [_trial(r) for r in mine]
                 if st.ask_version != expected_version:
                     return None
-                rows = [
-                    TrialRow(
-                        study_id=study_id,
-                        number=st.n_trials + i,
-                        state=TrialState.WAITING.value,
-                        params=t.params,
-                        reuse_depth=t.reuse_depth,
-                        predicted_cost=t.predicted_cost,
-                        created_at=now,
-                        attempts=0,
-                        failures=[],
-                    )
+                rows: list[dict[str, Any]] = [
+                    {
+                        "study_id": study_id,
+                        "number": st.n_trials + i,
+                        "state": TrialState.WAITING.value,
+                        "params": t.params,
+                        "reuse_depth": t.reuse_depth,
+                        "predicted_cost": t.predicted_cost,
+                        "proposal_seconds": t.proposal_seconds,
+                        "created_at": now,
+                        "attempts": 0,
+                        "failures": [],
+                    }
                     for i, t in enumerate(trials)
                 ]
-                s.add_all(rows)
+                # one multi-row INSERT ... RETURNING (Core: no unit of work for new rows)
+                made = s.execute(
+                    insert(TRIALS).returning(*TRIALS.c, sort_by_parameter_order=True), rows
+                ).all()
                 st.n_trials += len(rows)
                 st.ask_version += 1
                 st.optimizer_state = optimizer_state
                 st.updated_at = now
                 s.flush()
-                return [_trial(r) for r in rows]
+                return [_trial(r) for r in made]
 
         return self._run(go)
 
@@ -641,6 +679,39 @@ class SQLTrialStore(TrialStore):
 
         return self._run(go)
 
+    def changed_trials(self, study_id: int, pending: Sequence[int], known: int) -> list[Trial]:
+        finished = [TrialState.COMPLETE.value, TrialState.FAILED.value]
+        cond = TrialRow.number >= known
+        if pending:
+            cond = or_(
+                cond, and_(TrialRow.number.in_(sorted(set(pending))), TrialRow.state.in_(finished))
+            )
+        q = select(TrialRow).where(TrialRow.study_id == study_id, cond).order_by(TrialRow.number)
+
+        def go(_retry: bool) -> list[Trial]:
+            with self._read() as s:
+                rows = list(s.scalars(q))
+                done = [r.id for r in rows if r.state in finished]
+                stages = self._stages_of(s, done)
+                return [_trial(r, stages.get(r.id, [])) for r in rows]
+
+        return self._run(go)
+
+    def last_finished(self, study_id: int, n: int) -> list[Trial]:
+        if n <= 0:
+            return []
+        q = (
+            select(TrialRow)
+            .where(
+                TrialRow.study_id == study_id,
+                TrialRow.state.in_([TrialState.COMPLETE.value, TrialState.FAILED.value]),
+                TrialRow.attempts > 0,
+            )
+            .order_by(TrialRow.finished_at.desc(), TrialRow.number.desc())
+            .limit(n)
+        )
+        return self._run(lambda _r: self._trials(q)[::-1])
+
     _SCALARS = (
         "id",
         "study_id",
@@ -651,6 +722,7 @@ class SQLTrialStore(TrialStore):
         "reused_depth",
         "value",
         "cost_seconds",
+        "proposal_seconds",
         "worker",
         "attempts",
         "heartbeat_at",
@@ -668,16 +740,51 @@ class SQLTrialStore(TrialStore):
         offset: int = 0,
         after: int | None = None,
     ) -> list[str]:
+        return self._trials_json(study_id, states, limit, offset, after, total=False)[1]
+
+    def trials_page_json(
+        self,
+        study_id: int,
+        states: Sequence[TrialState] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        after: int | None = None,
+    ) -> tuple[int, list[str]]:
+        # the count rides along as a scalar subquery (evaluated once): one round trip
+        return self._trials_json(study_id, states, limit, offset, after, total=True)
+
+    def _count_query(
+        self, study_id: int, states: Sequence[TrialState] | None, after: int | None
+    ) -> Any:
+        q = select(func.count(TrialRow.id)).where(TrialRow.study_id == study_id)
+        if after is not None:
+            q = q.where(TrialRow.number > after)
+        if states:
+            q = q.where(TrialRow.state.in_([st.value for st in states]))
+        return q
+
+    def _trials_json(
+        self,
+        study_id: int,
+        states: Sequence[TrialState] | None,
+        limit: int | None,
+        offset: int,
+        after: int | None,
+        total: bool,
+    ) -> tuple[int, list[str]]:
         # Core select, JSON columns cast to text: the stored params and failures are spliced
         # into the answer as they are (no decode/encode round trip) unless they hold a
         # non-finite token; the scalars and the (small) metrics go through the same repair
         # as ``_trial``, so this never emits ``NaN`` or ``Infinity``.
         cols = [getattr(TrialRow, c) for c in self._SCALARS]
+        counted = self._count_query(study_id, states, after)
+        extra = [counted.scalar_subquery().label("total")] if total else []
         q = select(
             *cols,
             cast(TrialRow.params, Text),
             TrialRow.metrics,
             cast(TrialRow.failures, Text),
+            *extra,
         ).where(TrialRow.study_id == study_id)
         if states:
             q = q.where(TrialRow.state.in_([st.value for st in states]))
@@ -689,20 +796,26 @@ class SQLTrialStore(TrialStore):
         if after is not None:
             q = q.where(TrialRow.number > after)
         dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+        n = len(cols)
 
-        def go(_retry: bool) -> list[str]:
+        def go(_retry: bool) -> tuple[int, list[str]]:
             out = []
-            with self.engine.connect() as c:
+            count = 0
+            with self._rengine.connect() as c:
                 for row in c.execute(q):
                     t = _trial(row)  # the repaired scalars (JSON columns are replaced below)
-                    head = dumps({n: _scalar(t, n) for n in self._SCALARS})
-                    params, _, failures = row[-3:]
+                    head = dumps({k: _scalar(t, k) for k in self._SCALARS})
+                    params, _, failures = row[n : n + 3]
+                    if total:
+                        count = int(row[n + 3] or 0)
                     out.append(
                         f'{head[:-1]},"params":{json_text(params, "{}")},'
                         f'"metrics":{dumps(t.metrics)},'
                         f'"failures":{json_text(failures, "[]")}}}'
                     )
-            return out
+                if total and not out:  # an empty page (past the end): count on its own
+                    count = int(c.execute(counted).scalar() or 0)
+            return count, out
 
         return self._run(go)
 
@@ -712,11 +825,7 @@ class SQLTrialStore(TrialStore):
         states: Sequence[TrialState] | None = None,
         after: int | None = None,
     ) -> int:
-        q = select(func.count(TrialRow.id)).where(TrialRow.study_id == study_id)
-        if after is not None:
-            q = q.where(TrialRow.number > after)
-        if states:
-            q = q.where(TrialRow.state.in_([st.value for st in states]))
+        q = self._count_query(study_id, states, after)
         return self._run(lambda _r: self._scalar_int(q))
 
     def trial_counts(self, study_id: int) -> dict[TrialState, int]:
@@ -770,31 +879,37 @@ class SQLTrialStore(TrialStore):
                     ).first()
                     if mine is not None:
                         return _trial(mine)
-            for _ in range(20):
+            if self.dialect != "postgresql":
                 with self._read() as r:  # most polls find nothing: don't take the write lock
                     if r.scalar(q) is None:
                         return None
+            # One statement: the subquery locks the oldest waiting trial (skipping those
+            # another claim holds), the update takes it; on PostgreSQL it runs in autocommit
+            # (one round trip), on SQLite under BEGIN IMMEDIATE.
+            t = TRIALS
+            claim = (
+                update(t)
+                .where(
+                    t.c.id == q.correlate(None).scalar_subquery(),
+                    t.c.state == TrialState.WAITING.value,
+                )
+                .values(
+                    state=TrialState.RUNNING.value,
+                    worker=worker,
+                    attempts=t.c.attempts + 1,
+                    heartbeat_at=now,
+                    started_at=now,
+                )
+                .returning(*t.c)
+            )
+            row: Any
+            if self.dialect == "postgresql":
+                with self._rengine.connect() as c:
+                    row = c.execute(claim).one_or_none()
+            else:
                 with self._write() as s:
-                    tid = s.scalar(q)
-                    if tid is None:
-                        return None
-                    res = s.execute(
-                        update(TrialRow)
-                        .where(TrialRow.id == tid, TrialRow.state == TrialState.WAITING.value)
-                        .values(
-                            state=TrialState.RUNNING.value,
-                            worker=worker,
-                            attempts=TrialRow.attempts + 1,
-                            heartbeat_at=now,
-                            started_at=now,
-                        )
-                    )
-                    if res.rowcount != 1:  # type: ignore[attr-defined]
-                        continue  # lost a race (only possible without row locks): try again
-                    row = s.get(TrialRow, tid, populate_existing=True)
-                    assert row is not None
-                    return _trial(row)
-            return None
+                    row = s.execute(claim).one_or_none()
+            return _trial(row) if row is not None else None
 
         return self._run(go)
 
@@ -854,6 +969,14 @@ class SQLTrialStore(TrialStore):
         # stage runs; then each study's counters as one UPDATE of SQL expressions, last, so
         # the study row (which every tell of the study touches) is locked only until the
         # commit, and one commit (one fsync) serves the whole batch.
+        # The cost the budget counts: the reported one, plus the trial's share of its
+        # proposal's seconds when its study counts proposal time (read in the same update).
+        counts = (
+            select(StudyRow.count_proposal_time)
+            .where(StudyRow.id == TrialRow.study_id)
+            .scalar_subquery()
+        )
+        proposal = case((counts, func.coalesce(TrialRow.proposal_seconds, 0.0)), else_=literal(0.0))
         with self._write() as s:
             done: list[tuple[TrialRow, TrialResult]] = []
             for (trial_id, worker, result, study_id), bad in zip(items, checks, strict=True):
@@ -874,14 +997,14 @@ class SQLTrialStore(TrialStore):
                         state=result.state.value,
                         metrics=dict(result.metrics),
                         value=result.value,
-                        cost_seconds=result.cost_seconds,
+                        cost_seconds=literal(float(result.cost_seconds)) + proposal,
                         reused_depth=result.reused_depth,
                         error=result.error,
                         finished_at=now,
                         heartbeat_at=now,
                     )
                     .returning(TrialRow)
-                    .execution_options(synchronize_session=False)
+                    .execution_options(synchronize_session=False, populate_existing=True)
                 ).one_or_none()
                 if row is not None:
                     done.append((row, result))
@@ -930,7 +1053,7 @@ class SQLTrialStore(TrialStore):
                 s.execute(insert(StageRunRow), runs)
             for sid in sorted({row.study_id for row, _ in done}):
                 mine = [(row, r) for row, r in done if row.study_id == sid]
-                add = sum(float(r.cost_seconds) for _, r in mine)
+                add = sum(_f0(row.cost_seconds) for row, _ in mine)
                 sane = and_(StudyRow.cost_spent >= 0.0, StudyRow.cost_spent <= MAX_SUM_SECONDS)
                 # an absurd stored sum (an older version's) is recomputed from sane trials
                 recount = (

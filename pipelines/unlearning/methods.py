@@ -327,6 +327,63 @@ def _plan(data: _Data, batch_size: int, epochs: int, steps: int) -> tuple[int, i
     return epochs, epochs * per_epoch
 
 
+TRAIN_BATCH = 64  # the original model's mini-batch size (the train stage's)
+
+
+def _budget(orig: TrainedModel, data: _Data, steps: int, step_share: float) -> int:
+    """The step budget: ``steps``, capped (when ``step_share > 0``) at ``step_share`` times the
+    optimizer steps that retraining takes (its epochs x retain batches), at least one step.
+    The cap scales the cost with the data, so unlearning stays a fixed share of retraining's
+    cost on a small data set as on a large one."""
+    if step_share <= 0:
+        return steps
+    n_r = data.r[0].shape[0]
+    cap = max(1, math.floor(step_share * len(orig.history) * math.ceil(n_r / TRAIN_BATCH)))
+    return min(steps, cap) if steps > 0 else cap
+
+
+@torch.no_grad()
+def unseen_margins(og: FusionNet, data: _Data) -> torch.Tensor:
+    """The original model's logit margins ``z_y - z_other`` on held-out (validation) rows,
+    sorted: what the margins of rows the model never saw look like."""
+    if data.v[0].shape[0] == 0:
+        return torch.zeros(0)
+    z = _eval_logits(og, data.v)
+    return torch.sort(_margin(z, data.v[2])).values
+
+
+def _margin(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    zy = z.gather(1, y[:, None])[:, 0]
+    other = z.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf")).max(dim=1).values
+    return zy - other
+
+
+def margin_match(z_f: torch.Tensor, y_f: torch.Tensor, unseen: torch.Tensor) -> torch.Tensor:
+    """Forget-side matching (an extension): the squared 1-D optimal-transport distance between
+    the forget batch's logit margins and the sorted margins ``unseen`` of held-out rows,
+    ``mean_i (phi_(i) - Q((i - 1/2) / B))^2`` over the sorted batch margins ``phi_(i)`` and
+    the empirical quantile function ``Q`` of ``unseen``. Zero when the forget rows' margins are
+    distributed as unseen rows' are; it lowers memorised margins without pushing them past
+    what unseen data shows (unlike gradient ascent)."""
+    if unseen.numel() == 0:
+        return z_f.sum() * 0.0
+    phi = torch.sort(_margin(z_f, y_f)).values
+    b = phi.shape[0]
+    pos = ((torch.arange(b, dtype=torch.float64) + 0.5) / b * unseen.numel()).long()
+    tgt = unseen[pos.clamp(max=unseen.numel() - 1).to(unseen.device)].to(phi.dtype)
+    return ((phi - tgt) ** 2).mean()
+
+
+def _retain_kl(
+    ul: FusionNet, og: FusionNet, h_r: torch.Tensor, xi_r: torch.Tensor, xt_r: torch.Tensor
+) -> torch.Tensor:
+    """``KL(p_og || p_ul)`` on a retain batch (``h_r``: ``ul``'s fused retain representation,
+    ``ul`` in eval mode): keeps the retain rows' outputs where the original had them."""
+    with torch.no_grad():
+        t = F.log_softmax(og(xi_r, xt_r), dim=1)
+    return F.kl_div(F.log_softmax(ul.head(h_r), dim=1), t, log_target=True, reduction="batchmean")
+
+
 def _schedule(
     opt: torch.optim.Optimizer, kind: str, n_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
@@ -378,6 +435,9 @@ class ForgetMIConfig:
     patience: int = 10
     schedule: str = "cosine"
     steps: int = 0
+    w_kl: float = 0.0
+    step_share: float = 0.0
+    w_fm: float = 0.0
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> ForgetMIConfig:
@@ -423,6 +483,7 @@ def forget_mi(
     og, ul, dev = _start(orig, device, seed)
     data = _Data(feats, dev, seed)
     stop = Stopper(c.early_stop, og, data, c.auc_gap, c.max_val_drop, c.val_weight, c.patience)
+    unseen = unseen_margins(og, data)
     target = stop.target_loss
     noise_std = c.noise_std
     if c.use_noise and c.calibrate:
@@ -435,7 +496,9 @@ def forget_mi(
                 )
     weights = c.weights
     opt = _adamw(ul.parameters(), c.lr)
-    epochs, planned = _plan(data, c.batch_size, c.epochs, c.steps)
+    epochs, planned = _plan(
+        data, c.batch_size, c.epochs, _budget(orig, data, c.steps, c.step_share)
+    )
     sched = _schedule(opt, c.schedule, planned)
     ul.eval()  # no dropout: the distances compare deterministic embeddings
     last: dict[str, float] = {}
@@ -459,6 +522,10 @@ def forget_mi(
             loss = forgetmi_objective(d, weights, c.use_noise, c.margin)
             if c.w_ce > 0:  # ul is in eval mode: head(h_r) is exactly ul(xi_r, xt_r)
                 loss = loss + c.w_ce * F.cross_entropy(ul.head(keep["h_r"]), y_r)
+            if c.w_kl > 0:
+                loss = loss + c.w_kl * _retain_kl(ul, og, keep["h_r"], xi_r, xt_r)
+            if c.w_fm > 0:
+                loss = loss + c.w_fm * margin_match(ul(xi_f, xt_f), _y, unseen)
             last = {k: float(v.detach()) for k, v in d.items()}
             if stopped := stop.step(ul, loss, opt, sched):
                 break
@@ -508,6 +575,9 @@ class MultiDeleteConfig:
     val_weight: float = 3.0
     patience: int = 10
     steps: int = 0
+    w_kl: float = 0.0
+    step_share: float = 0.0
+    w_fm: float = 0.0
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> MultiDeleteConfig:
@@ -536,8 +606,11 @@ def multidelete(
     og, ul, dev = _start(orig, device, seed)
     data = _Data(feats, dev, seed)
     stop = Stopper(c.early_stop, og, data, c.auc_gap, c.max_val_drop, c.val_weight, c.patience)
+    unseen = unseen_margins(og, data)
     opt = _adamw(ul.parameters(), c.lr)
-    epochs, planned = _plan(data, c.batch_size, c.epochs, c.steps)
+    epochs, planned = _plan(
+        data, c.batch_size, c.epochs, _budget(orig, data, c.steps, c.step_share)
+    )
     sched = _schedule(opt, "cosine", planned)
     ul.eval()
     last: dict[str, float] = {}
@@ -546,7 +619,7 @@ def multidelete(
     for _ in range(epochs):
         if stopped:
             break
-        for xi_f, xt_f, _y in data.batches(data.f, c.batch_size):
+        for xi_f, xt_f, y_f in data.batches(data.f, c.batch_size):
             if steps >= planned:
                 stopped = True
                 break
@@ -557,6 +630,10 @@ def multidelete(
             loss = d["md"] + c.alpha * d["mkr"] + c.beta * d["ukr"]
             if c.w_ce > 0:  # ul is in eval mode: head(h_r) is exactly ul(xi_r, xt_r)
                 loss = loss + c.w_ce * F.cross_entropy(ul.head(keep["h_r"]), y_r)
+            if c.w_kl > 0:
+                loss = loss + c.w_kl * _retain_kl(ul, og, keep["h_r"], xi_r, xt_r)
+            if c.w_fm > 0:
+                loss = loss + c.w_fm * margin_match(ul(xi_f, xt_f), y_f, unseen)
             last = {k: float(v.detach()) for k, v in d.items()}
             if stopped := stop.step(ul, loss, opt, sched):
                 break

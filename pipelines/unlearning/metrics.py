@@ -5,11 +5,15 @@ test non-members (0.5 = the attack sees nothing, so every model looks alike to i
 member-rate on held-out test rows (its false-positive rate: the level a forget set that left no
 trace should show).
 
-The default tuning objective ``objective`` uses only what a real user has: the original model
-(its metrics and its training time), the forget, retain and test data, never a retrained model
-(a user who could afford to retrain would not unlearn)::
+The default tuning objective ``objective`` (``forgetting_objective``) uses only what a real
+user has: the original model (its outputs and training time), the forget, retain and test
+data, never a retrained model (a user who could afford to retrain would not unlearn). It asks
+for both sides of retrain-likeness: the forget rows' logit margins distributed as unseen (test)
+rows' are, the retain rows' margins distributed as the original model had them, test AUC kept,
+and the cost well under a fifth of training. The former objective (attack member-rates and
+AUC gaps, which a model that smooths every row could game) is reported as ``objective_v1``::
 
-    objective = test_auc
+    objective_v1 = test_auc
                 - 3 * drop - 10 * max(0, drop - 0.01)            keep test performance, where
                                                                  drop = max(0, original_test_auc
                                                                  - test_auc)
@@ -20,17 +24,9 @@ The default tuning objective ``objective`` uses only what a real user has: the o
                 - 2 * max(0, unlearn_seconds / original_train_seconds - 0.15)  well under 1/5
                                                                     of the cost
 
-The weights were chosen on the TUNING seeds (1000, 1001; never the evaluation seeds) as the
-combination whose ranking of random configurations of Forget-MI, MultiDelete and NegGrad+
-agreed best with the retrain-based score; the attack terms mattered most. The hinge on the
-test-AUC drop beyond 0.01 was added after tuned configurations (judged on tuning seeds
-1000-1005 and development seeds 2000-2004) kept trading 0.02-0.03 test AUC for forgetting:
-the drop is measured against the original model on the same split (a paired, low-noise
-difference), and the retrained model's own test AUC is within about 0.005 of the original's
-here, so a drop past 0.01 is damage, not forgetting. The time term aims under the 1/5
-criterion (0.15) because wall times measured while tuning vary.
-
-The retrain-based validation score (computed only to validate)::
+The retrain-based scores (computed only to validate): ``band_score`` measures the distance to
+the retrained ensemble's bands (see ``band_score``); the older fixed-tolerance form is kept as
+``retrain_score``::
 
     retrain_score = -(|d test_auc| / 0.02 + |d forget_auc| / 0.05 + |d mia_sample_svc| / 0.05) / 3
 
@@ -50,14 +46,18 @@ from sklearn.svm import SVC
 from pipelines.unlearning.data import Split
 
 __all__ = [
+    "BAND_SCORE_METRICS",
     "COMPARE_METRICS",
     "GAP_METRICS",
     "MODEL_METRICS",
     "TOLERANCES",
+    "band_score",
     "batch_svc_attack",
     "classification",
     "compare",
     "forget_vs_retain_auc",
+    "forgetting_objective",
+    "ks_statistic",
     "loss_threshold_attack",
     "model_metrics",
     "retrain_free_objective",
@@ -289,6 +289,68 @@ def retrain_free_objective(
         - 0.5 * abs(m["mia_batch_svc"] - m["mia_batch_svc_test_rate"])
         - 2.0 * max(0.0, ratio - 0.15)
     )
+
+
+def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic ``sup_x |F_a(x) - F_b(x)|`` (0 = same)."""
+    if len(a) == 0 or len(b) == 0:
+        return float("nan")
+    grid = np.concatenate([a, b])
+    fa = np.searchsorted(np.sort(a), grid, side="right") / len(a)
+    fb = np.searchsorted(np.sort(b), grid, side="right") / len(b)
+    return float(np.max(np.abs(fa - fb)))
+
+
+def forgetting_objective(
+    phi: Mapping[str, np.ndarray],
+    phi_original_retain: np.ndarray,
+    test_auc: float,
+    original_test_auc: float,
+    unlearn_seconds: float,
+    original_train_seconds: float,
+) -> float:
+    """The default retrain-free objective (higher is better; 0 is the ideal)::
+
+        objective = -( KS(phi_forget, phi_test)            forget rows look like unseen rows
+                     + KS(phi_retain, phi_retain_original) retain rows as the original had them
+                     + 2 * drop + 10 * max(0, drop - 0.02) keep test AUC (drop vs the original)
+                     + 2 * max(0, unlearn / train - 0.15) ) well under 1/5 of the cost
+
+    ``phi`` = the model's logit margins per side (``forget``, ``retain``, ``test``). It needs
+    no retrained model. Smoothing every row (noise, early stopping, a model trained briefly
+    on everything) makes the forget rows look unseen but moves the retain margins away from
+    the original's, which the second term charges; doing nothing leaves the first term high.
+    The test-AUC hinge starts at 0.02 because retrained models differ from the original by
+    about 0.01 in test AUC from the training seed alone.
+    """
+    drop = max(0.0, original_test_auc - test_auc)
+    ratio = unlearn_seconds / max(original_train_seconds, 1e-9)
+    return -float(
+        ks_statistic(phi["forget"], phi["test"])
+        + ks_statistic(phi["retain"], phi_original_retain)
+        + 2.0 * drop
+        + 10.0 * max(0.0, drop - 0.02)
+        + 2.0 * max(0.0, ratio - 0.15)
+    )
+
+
+BAND_SCORE_METRICS = ("test_auc", "forget_auc", "retain_auc", "lira_forget_auc")
+
+
+def band_score(m: Mapping[str, float], cap: float = 3.0) -> float:
+    """The retrain-based score from the retrained ensemble's bands (0 = at the band centres)::
+
+        band_score = -mean_m min(|m - band_mean_m| / (2 sd_m), cap)
+
+    over ``BAND_SCORE_METRICS``: -1 means on average on the band's edge (mean +- 2 sd); the
+    cap keeps one far-off metric from hiding the others."""
+    z = []
+    for k in BAND_SCORE_METRICS:
+        v, mu, sd = m.get(k), m.get(f"{k}_band_mean"), m.get(f"{k}_band_sd")
+        if v is None or mu is None or sd is None or not (np.isfinite(v) and np.isfinite(sd)):
+            continue
+        z.append(min(abs(v - mu) / max(2.0 * sd, 1e-12), cap))
+    return -float(np.mean(z)) if z else float("nan")
 
 
 def _kl(p: np.ndarray, q: np.ndarray) -> float:

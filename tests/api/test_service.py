@@ -97,7 +97,8 @@ def test_budget_spent_completes_the_study_and_cancels_waiting(tmp_path: Path) ->
     svc.store.finish_trial(t.id, "w", TrialResult(TrialState.COMPLETE, {}, 1.0, 6.0))
     svc.settle(st.id)
     s = svc.get_study(st.id)
-    assert s.state.value == "completed" and s.n_complete == 1 and s.n_failed == 2
+    # 3 to run and queue_ahead(3) = 6 more waiting were proposed: 1 ran, 8 cancelled
+    assert s.state.value == "completed" and s.n_complete == 1 and s.n_failed == 8
     assert all(
         x.error == "cancelled: budget spent"
         for x in svc.store.list_trials(st.id, states=[TrialState.FAILED])
@@ -254,3 +255,55 @@ def test_concurrent_asks_share_one_proposal_and_get_distinct_trials(tmp_path: Pa
     before = len(calls)
     svc.ask(st.id, "alone")
     assert calls[before:] == [1]
+
+
+def test_incremental_inputs_equal_a_full_read_of_the_study(tmp_path: Path) -> None:
+    """What ``propose`` hands the optimizer, read incrementally across proposals and across
+    trials finished behind the service's back, equals the inputs of the whole study."""
+    from api.execution.runner import book_of
+    from api.service import StudyInputs, optimizer_inputs, phases_of
+
+    svc = _service(f"sqlite:///{tmp_path / 'inc.db'}")
+    st = svc.create_study(StudyRequest("synthetic-3stage", "eeipu", 1e5, mode="external"))
+    pipe = resolve_pipeline("synthetic-3stage", ())
+    kept = StudyInputs(3)
+    for step in range(4):
+        svc.propose(st.id, 3)
+        t = svc.store.claim_trial("w", study_id=st.id)
+        assert t is not None
+        svc.store.finish_trial(t.id, "w", execute_trial(pipe, t.params, None, "value"))
+        if step % 2:  # one fails: still history, without a value
+            f = svc.store.claim_trial("w", study_id=st.id)
+            assert f is not None
+            svc.store.finish_trial(f.id, "w", TrialResult(TrialState.FAILED, error="x"))
+        now = svc.get_study(st.id)
+        phases = phases_of(book_of(now.optimizer_state))
+        kept.refresh(svc.store, st.id, now.n_trials, phases)
+        full = optimizer_inputs(svc.store.list_trials(st.id, with_stages=True), 3, phases)
+        got = kept.inputs()
+        assert got.history == full.history and got.pending == full.pending
+        assert got.warmup_spent == pytest.approx(full.warmup_spent) and full.warmup_spent > 0
+        assert (got.max_full_cost, got.committed) == (full.max_full_cost, full.committed)
+
+
+def test_a_managed_study_keeps_proposals_ahead_of_its_workers(tmp_path: Path) -> None:
+    from api.service import queue_ahead
+
+    assert queue_ahead(1) == 0 and queue_ahead(8) == 16
+    svc = _service(f"sqlite:///{tmp_path / 'q.db'}")
+    st = svc.create_study(StudyRequest("synthetic-3stage", "random", 1e5, parallelism=4))
+    svc.fill(st.id)
+    counts = svc.store.trial_counts(st.id)
+    assert counts[TrialState.WAITING] == 12  # 4 to run, 8 more waiting: one proposal
+    for _ in range(7):
+        t = svc.store.claim_trial("w", study_id=st.id)
+        assert t is not None
+        svc.store.finish_trial(t.id, "w", TrialResult(TrialState.COMPLETE, {}, 1.0, 1.0))
+    svc.fill(st.id)  # 5 still waiting (more than half of 8): no proposal yet
+    assert svc.store.count_trials(st.id) == 12
+    assert svc.store.claim_trial("w", study_id=st.id) is not None
+    svc.fill(st.id)  # 4 left waiting: refilled to 4 + 8 in flight in one batch
+    assert svc.store.count_trials(st.id) == 12 + 7
+    seq = svc.create_study(StudyRequest("synthetic-3stage", "random", 1e5, parallelism=1))
+    svc.fill(seq.id)
+    assert svc.store.count_trials(seq.id) == 1  # sequential: every proposal sees every result

@@ -69,3 +69,37 @@ def test_repeated_failures_stop_the_run_with_the_reason() -> None:
         tune(pipe, opt, 100.0, max_consecutive_failures=2)
     assert len(e.value.result.trials) == 2 and "no GPU" in str(e.value)
     assert e.value.result.summary()["n_failed"] == 2
+
+
+def test_proposal_time_counts_toward_the_budget_unless_the_costs_are_declared() -> None:
+    from api.service import costs_declared
+    from pipelines import Float, Pipeline, Stage
+
+    synthetic = get_pipeline("synthetic-3stage-flat")
+    assert costs_declared(synthetic)
+    # Declared costs (benchmarks): by default the budget counts the stages only.
+    res = tune(synthetic, make_optimizer("random", synthetic.space, seed=0), 20.0)
+    s = res.summary()
+    assert s["count_proposal_time"] is False and res.proposal_seconds > 0
+    assert s["cost_spent"] == pytest.approx(s["compute_seconds"])
+    assert s["wall_seconds"] > 0
+    # Asked for, the proposal time is part of every trial's cost.
+    res = tune(
+        synthetic, make_optimizer("random", synthetic.space, seed=0), 20.0, count_proposal_time=True
+    )
+    for t in res.trials:
+        assert t.proposal_seconds > 0 and t.ask_seconds == t.proposal_seconds
+        assert t.cost_paid == pytest.approx(t.compute_seconds + t.proposal_seconds)
+    s = res.summary()
+    assert s["cost_spent"] == pytest.approx(s["compute_seconds"] + s["proposal_seconds"])
+
+    # A pipeline that measures its costs counts proposal time by default.
+    def measured(parent: object, a: float) -> dict[str, float]:
+        return {"value": a}
+
+    real = Pipeline("measured", [Stage("only", measured, {"a": Float(0.0, 1.0)})])
+    assert not costs_declared(real)
+    res = tune(real, make_optimizer("random", real.space, seed=0), 1e6, max_trials=3)
+    assert res.count_proposal_time and res.summary()["count_proposal_time"] is True
+    assert all(t.cost_paid >= t.proposal_seconds > 0 for t in res.trials)
+    assert res.cost_spent == pytest.approx(res.compute_seconds + res.proposal_seconds)

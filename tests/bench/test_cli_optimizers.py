@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -91,3 +92,64 @@ def test_bench_optimizers_max_trials_caps_every_run(
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["max_trials"] is None
     assert res["pipelines"]["synthetic-3stage"]["optimizers"]["random"]["capped_runs"] == 0
+
+
+def test_bench_optimizers_real_pipeline_flags_at_tiny_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--fix (a whole stage: computed once, every run tunes the stages after it, fed its
+    output), --warm-cache (the second pipeline also tuned in the first one's cache),
+    --holdout-seeds (on the whole pipeline), --report."""
+    out = tmp_path / "real"
+    report = tmp_path / "benchmarks.md"
+    report.write_text("# Benchmarks\n\n## Real pipelines\n\nold\n\n## Other\n\nkept\n")
+    argv = ["bench", "optimizers", "--pipeline", "synthetic-3stage-flat"]
+    argv += ["--pipeline", "synthetic-3stage", "--seeds", "1", "--budget", "15"]
+    argv += ["--optimizers", "random,eeipu", "--no-tpe", "--n-warmup", "2"]
+    argv += ["--fix", "s1_beale.x0=1.0", "--fix", "s1_beale.x1=0.5", "--warm-cache"]
+    argv += ["--holdout-seeds", "2", "--holdout-metric", "value", "--count-proposal-time"]
+    argv += ["--out", str(out), "--report", str(report), "--json"]
+    code = main(argv)
+    captured = capsys.readouterr()
+    from api.tuning import tune
+
+    if "count_proposal_time" not in inspect.signature(tune).parameters:
+        assert code == 2 and "cannot count proposal time" in captured.err
+        assert main([a for a in argv if a != "--count-proposal-time"]) == 0
+        captured = capsys.readouterr()
+    else:
+        assert code == 0
+    res = json.loads(captured.out.strip().splitlines()[-1])
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    # 2 optimizers x (flat cold, 3stage warm after flat, 3stage cold)
+    assert sorted((r["pipeline"], r["scenario"]) for r in runs) == sorted(
+        [("synthetic-3stage-flat", "cold"), ("synthetic-3stage", "warm")] * 2
+        + [("synthetic-3stage", "cold")] * 2
+    )
+    for r in runs:
+        assert {row["n_stages"] for row in r["rows"]} == {2}  # s1_beale is fixed: not tuned
+        assert len(r["load_start"]) == 3 and r["wall_seconds"] > 0
+        assert r["holdout"]["metric"] == "value" and len(r["holdout"]["values"]) == 2
+        assert 0.0 <= r["cache_share"] <= 1.0
+    p = res["pipelines"]["synthetic-3stage"]
+    assert set(p["warm"]["optimizers"]) == {"random", "eeipu"}
+    assert "equal_wall" in p and "reach_fraction" in p["eeipu_vs"]["random"]
+    for kind in ("best", "candidates", "cache"):
+        assert Path(p["plots"][kind]).stat().st_size > 1000
+    text = report.read_text()
+    assert text.count("## Real pipelines") == 1 and "\nold\n" not in text
+    assert text.endswith("## Other\n\nkept\n")
+    assert "`eeipu bench optimizers --pipeline synthetic-3stage-flat" in text
+    assert "--fix s1_beale.x0=1.0" in text and "Where EEIPU does not win:" in text
+    assert "load average" in text and "(img/real-synthetic-3stage-cache.png)" in text
+    assert (tmp_path / "img" / "real-synthetic-3stage.png").exists()
+    header = (out / "trials.csv").read_text().splitlines()[0]
+    assert "wall_elapsed" in header and "scenario" in header
+
+
+def test_bench_optimizers_fix_and_holdout_errors_exit_2(tmp_path: Path) -> None:
+    base = ["bench", "optimizers", "--pipeline", "synthetic-3stage-flat", "--seeds", "1"]
+    base += ["--optimizers", "random", "--no-tpe", "--out", str(tmp_path)]
+    assert main([*base, "--fix", "nope.x=1"]) == 2
+    assert main([*base, "--holdout-seeds", "-1"]) == 2
+    assert main([*base, "--pipeline", "synthetic-3stage-flat"]) == 2

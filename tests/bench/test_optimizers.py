@@ -46,3 +46,50 @@ def test_equal_spend_counts_trials_within_each_seeds_least_capped_spend() -> Non
 def test_equal_spend_is_none_without_capped_runs() -> None:
     runs = [_run("a", [1.0, 1.0], [0, 1], capped=False)]
     assert equal_spend(runs, "p", ["a"]) is None
+
+
+def test_optuna_samplers_are_stateless_and_learn_from_the_history() -> None:
+    """The service deep-copies a template optimizer for every proposal: the adapters must
+    copy, and rebuild what they know from the history."""
+    import copy
+
+    from bench.optuna_adapter import OptunaGP, OptunaTPE
+    from eeipu.base import Observation
+    from pipelines import get_pipeline
+
+    space = get_pipeline("synthetic-3stage-flat").space
+    for cls in (OptunaTPE, OptunaGP):
+        opt = copy.deepcopy(cls(space, seed=1, n_warmup=2))
+        first = opt.ask(1, [])[0]
+        again = copy.deepcopy(cls(space, seed=1, n_warmup=2)).ask(1, [])[0]
+        assert first.params == again.params  # repeatable
+        history = [Observation(first.params, -1.0, [1.0, 1.0, 1.0])]
+        second = opt.ask(1, history)[0]
+        assert second.params != first.params and first.info["phase"] == "warmup"
+        history.append(Observation(second.params, -2.0, [1.0, 1.0, 1.0]))
+        assert opt.ask(1, history)[0].info["phase"] == "model"
+
+
+def test_tpe_memo_takes_a_close_cached_prefix_and_leaves_a_far_one() -> None:
+    from bench.optuna_adapter import OptunaTPEMemo
+    from eeipu.base import CachedPrefix, Observation
+    from pipelines import get_pipeline
+
+    space = get_pipeline("synthetic-3stage-flat").space
+    opt = OptunaTPEMemo(space, seed=0, n_warmup=1)
+    cand = opt.ask(1, [])[0]
+    # stage 1 costs 80% of a run; without a cached prefix, ask leaves TPE's proposal as is
+    history = [Observation(cand.params, -1.0, [8.0, 1.0, 1.0])]
+    assert opt.ask(1, history)[0].reuse_depth == 0
+    near = {"s1_beale": {k: float(v) for k, v in cand.params["s1_beale"].items()}}
+    near["s1_beale"]["x0"] = float(near["s1_beale"]["x0"]) + 0.05
+    out = opt._memo(cand, [CachedPrefix(1, near, 0.0)], [8.0, 1.0, 1.0], 10.0, 1.0)
+    assert (
+        out.reuse_depth == 1
+        and out.params["s1_beale"] == space.canonical({**cand.params, **near})["s1_beale"]
+    )
+    assert out.predicted_cost == pytest.approx(2.0) and out.info["memo_depth"] == 1
+    far = {"s1_beale": {"x0": -4.5 if cand.params["s1_beale"]["x0"] > 0 else 4.5, "x1": -4.5}}
+    assert opt._memo(cand, [CachedPrefix(1, far, 0.0)], [8.0, 1.0, 1.0], 10.0, 1.0) is cand
+    # at the end of the budget no prefix is close enough
+    assert opt._memo(cand, [CachedPrefix(1, near, 0.0)], [8.0, 1.0, 1.0], 10.0, 0.0) is cand

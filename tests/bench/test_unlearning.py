@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 
 from api.cli import main
-from bench.unlearning import aggregate, rank_correlation
+from bench.unlearning import aggregate, bootstrap_ci, rank_correlation, tuning_gain
+
+ROW_KEYS = (
+    "lira_forget_auc",
+    "lira_forget_tpr_at_1pct_fpr",
+    "lira_retain_auc",
+    "forgetting_score",
+    "retain_auc",
+    "retain_divergence",
+    "test_divergence",
+)
 
 
 def test_rank_correlation_and_aggregate() -> None:
@@ -23,6 +33,19 @@ def test_rank_correlation_and_aggregate() -> None:
     (row,) = aggregate(runs)
     assert row["test_auc"] == pytest.approx(0.7)
     assert row["test_auc_std"] == pytest.approx(0.1414, abs=1e-3)
+
+
+def test_bootstrap_and_tuning_gain() -> None:
+    lo, hi = bootstrap_ci([1.0, 2.0, 3.0, 4.0])
+    assert 1.0 <= lo < 2.5 < hi <= 4.0
+    assert bootstrap_ci([5.0]) == [5.0, 5.0]
+    runs = [
+        {"method": "m", "config": c, "forget_fraction": 0.1, "seed": s,
+         "metrics": {"band_score": v + (0.5 if c == "tuned" else 0.0)}}
+        for c in ("default", "tuned") for s, v in enumerate([-1.0, -2.0, -1.5])
+    ]  # fmt: skip
+    g = tuning_gain(runs)["m@0.1"]
+    assert g["mean"] == pytest.approx(0.5) and g["n_seeds"] == 3
 
 
 def test_bench_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -42,6 +65,21 @@ def test_bench_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
                   "mia_sample_svc", "forget_vs_retain_auc", "unlearn_seconds",
                   "retrain_seconds", "test_auc_std"):  # fmt: skip
             assert k in r
+    for r in [*res["rows"], *res["tuned_rows"]]:  # the per-row keys
+        for k in ROW_KEYS:
+            assert k in r, k
+        for m in ("test_auc", "forget_auc", "retain_auc", "lira_forget_auc"):
+            lo, hi = r[f"{m}_band"]
+            assert lo <= hi and 0.0 <= r[f"{m}_pass_rate"] <= 1.0
+            assert r[f"{m}_ci"][0] <= r[m] <= r[f"{m}_ci"][1]
+        assert 0.0 <= r["forgetting_score"] <= 1.0
+    retrain = next(r for r in res["rows"] if r["method"] == "retrain")
+    assert retrain["forget_auc_pass_rate"] == 1.0  # a member of its own ensemble
+    assert res["forgetting_runs"] == 8
+    assert {c["method"] for c in res["band_checks"]} == {"forget-mi", "finetune"}
+    assert set(res["tuning_gain"]) == {"forget-mi@0.1"}
+    assert res["tuning_gain"]["forget-mi@0.1"]["n_seeds"] == 2
+    assert res["modality_ablation"] is None and res["source_agreement"] == {}  # Open-i only
     assert [r["method"] for r in res["tuned_rows"]] == ["forget-mi"]
     assert "forget-mi@0.1" in res["tuned_params"]
     assert {c["method"] for c in res["checks"]} == {"forget-mi", "finetune"}

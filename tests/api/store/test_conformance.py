@@ -312,3 +312,56 @@ def test_finish_trials_batch_is_per_item(store: TrialStore, direction: str) -> N
     assert ot is not None and ot.n_failed == 1 and ot.cost_spent == pytest.approx(2.0)
     ct = store.get_trial(c)
     assert ct is not None and ct.state == TrialState.RUNNING
+
+
+@pytest.mark.parametrize("counted", [True, False])
+def test_a_finished_trial_costs_its_proposal_share_when_the_study_counts_it(
+    store: TrialStore, counted: bool
+) -> None:
+    s = store.create_study(_spec(count_proposal_time=counted), None)
+    assert store.get_study(s.id).spec.count_proposal_time is counted  # type: ignore[union-attr]
+    added = store.add_trials(s.id, [NewTrial(_params(0), proposal_seconds=0.25)], None, 0)
+    assert added is not None and added[0].proposal_seconds == pytest.approx(0.25)
+    t = store.claim_trial("w", study_id=s.id)
+    assert t is not None and t.proposal_seconds == pytest.approx(0.25)
+    done = store.finish_trial(t.id, "w", TrialResult(TrialState.COMPLETE, {}, 1.0, 2.0))
+    cost = 2.25 if counted else 2.0
+    assert done.cost_seconds == pytest.approx(cost)
+    st = store.get_study(s.id)
+    assert st is not None and st.cost_spent == pytest.approx(cost)
+
+
+def test_changed_trials_reads_what_finished_or_was_added_since(store: TrialStore) -> None:
+    s = store.create_study(_spec(), None)
+    _add(store, s.id, 4)
+    a = store.claim_trial("w", study_id=s.id)
+    b = store.claim_trial("w", study_id=s.id)
+    assert a is not None and b is not None
+    store.finish_trial(a.id, "w", TrialResult(TrialState.COMPLETE, {}, 1.0, 1.0, 0, []))
+    # a reader that holds trials 0..3 with 0..3 pending: only trial 0 finished
+    got = store.changed_trials(s.id, [0, 1, 2, 3], 4)
+    assert [(t.number, t.state) for t in got] == [(0, TrialState.COMPLETE)]
+    assert got[0].stages == []
+    st = store.get_study(s.id)
+    assert st is not None
+    assert store.add_trials(s.id, [NewTrial(_params(9))], None, st.ask_version) is not None
+    got = store.changed_trials(s.id, [1, 2, 3], 4)
+    assert [(t.number, t.state) for t in got] == [(4, TrialState.WAITING)]
+    assert store.changed_trials(s.id, [], 0)[0].number == 0  # from scratch: everything
+
+
+def test_last_finished_gives_the_latest_trials_that_ran_oldest_first(store: TrialStore) -> None:
+    s = store.create_study(_spec(), None)
+    _add(store, s.id, 4)
+    ids = []
+    for i in range(3):
+        t = store.claim_trial("w", study_id=s.id)
+        assert t is not None
+        state = TrialState.FAILED if i else TrialState.COMPLETE
+        store.finish_trial(t.id, "w", TrialResult(state, {}, 1.0 if not i else None, 1.0))
+        ids.append(t.id)
+        time.sleep(0.01)  # distinct finish times
+    store.cancel_waiting(s.id, "cancelled")  # never ran: not among them
+    assert [t.id for t in store.last_finished(s.id, 2)] == ids[1:]
+    assert [t.id for t in store.last_finished(s.id, 10)] == ids
+    assert store.last_finished(s.id, 0) == []

@@ -119,7 +119,8 @@ def test_bad_study_options_are_refused(store: SQLTrialStore, kw: dict[str, Any])
 
 
 def test_an_old_database_upgrades_with_defaults(db_url: str, tmp_path: Path) -> None:
-    """A database at revision 0001 (with a study in it) gains the 0002 columns on open."""
+    """A database at revision 0001 (with a study in it) gains the 0002 and 0003 columns on
+    open."""
     from alembic import command
     from alembic.config import Config
 
@@ -152,6 +153,7 @@ def test_an_old_database_upgrades_with_defaults(db_url: str, tmp_path: Path) -> 
         assert old.spec.name == "old"
         assert (old.spec.run_seed, old.spec.budget_margin) == (None, 0.0)
         assert old.spec.max_consecutive_failures == 5
+        assert old.spec.count_proposal_time is False  # 0003: its accounting stays as it was
         new = st.create_study(_spec(run_seed=3), None)
         assert st.get_study(new.id).spec.run_seed == 3  # type: ignore[union-attr]
     finally:

@@ -1,5 +1,6 @@
-"""Forget-MI takes one frozen config object; its behaviour and cache keys stay those of the
-27-argument function it replaced (the expected values below were computed with that code)."""
+"""Forget-MI takes one frozen config object; with its extensions off (``w_kl``, ``w_fm``,
+``step_share`` = 0) its behaviour stays that of the 27-argument function it replaced (the
+expected values below were computed with that code)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,15 @@ from pipelines.unlearning.methods import ForgetMIConfig, forget_mi, run_method
 from pipelines.unlearning.model import ModelConfig, TrainConfig, TrainedModel, train_model
 from pipelines.unlearning.pipelines import UNLEARN_DEFAULTS, UNLEARN_SPACES, make_pipeline
 
-# keys of every stage of the default configuration, seed 0, on the fixture: the first three
-# are those of the former keyword function; the evaluate stage's version was bumped when it
-# began to report every declared metric (older cached outputs lack some of them)
+# keys of every stage of the default configuration, seed 0, on the fixture: featurize's is
+# that of the former keyword function; train's version was bumped when it began to train the
+# retrained ensemble and the LiRA references, unlearn's when the defaults changed, evaluate's
+# when it began to report LiRA, bands and the forgetting score
 KEYS_DIABETES = [
     "be918b67b02cb2a100fa6e2f4d1ffd1c",
-    "4ff87e5fcf3cef4454c82d611acd8575",
-    "5e65e1832efdf89ac937816c0f53df42",
-    "3a9dec430e1b4349c2109dd6c9b08c38",
+    "a5dfc8cc9f55f273804a81e3c36e3910",
+    "8b0d7010645da3e12eadb670c510735f",
+    "edd75e34571de046f00d359b6c3d19eb",
 ]
 # the defaults of the former keyword arguments
 OLD_DEFAULTS = {
@@ -50,7 +52,13 @@ OLD_DEFAULTS = {
     "patience": 10,
     "schedule": "cosine",
     "steps": 0,
+    "w_kl": 0.0,
+    "step_share": 0.0,
+    "w_fm": 0.0,
 }
+# the pipeline's former default unlearn configuration (before the extensions)
+OLD_PIPELINE = {"lr": 2.5e-2, "use_noise": False, "init_noise": 0.01, "w_ce": 4.0, "w_kl": 0.0,
+                "w_fm": 0.0, "step_share": 0.0}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +109,7 @@ def test_cache_keys_of_the_default_configuration_are_unchanged() -> None:
 
 def test_results_are_those_of_the_keyword_function(setup: tuple[TrainedModel, Features]) -> None:
     orig, f = setup
-    params = dict(UNLEARN_DEFAULTS["forget-mi"], steps=6)
+    params = dict(UNLEARN_DEFAULTS["forget-mi"], **OLD_PIPELINE, steps=6)
     out = run_method("forget-mi", orig, f, 0, "cpu", **params)
     assert out.info["steps"] == 6 and out.info["kept_step"] == 6
     assert out.info["d_mu"] == pytest.approx(0.9242227673530579, rel=1e-5)

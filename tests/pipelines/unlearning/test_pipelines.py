@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from cache import open_cache
@@ -70,6 +71,14 @@ def test_end_to_end_on_fixture_reuses_training() -> None:
         recs[m] = p.run(_fast(m), cache=cache, seed=0)
     assert recs["forget-mi"].reused_depth == 0
     assert recs["multidelete"].reused_depth == 2  # featurize + train from the cache
+    fm = recs["forget-mi"].metrics
+    for k in ("lira_forget_auc", "lira_retain_auc", "forget_auc_band_low", "band_score"):
+        assert np.isfinite(fm[k]), k
+    assert fm["band_n_retrains"] == 8 and fm["lira_n_references"] == 32
+    assert np.isnan(fm["forgetting_score"])  # off unless asked for (it costs N runs)
+    # the retrained model is a member of its own ensemble: inside the band
+    rt = recs["retrain"].metrics
+    assert rt["forget_auc_band_low"] <= rt["forget_auc"] <= rt["forget_auc_band_high"]
     for r in recs.values():
         for k in CONTRACT:
             assert k in r.metrics, k
@@ -88,11 +97,29 @@ def test_bad_arguments() -> None:
 
 
 def test_representation_methods_are_tuned_over_a_bounded_step_budget() -> None:
-    from eeipu.space import Int
+    from eeipu.space import Float, Int
     from pipelines.unlearning.pipelines import UNLEARN_DEFAULTS, UNLEARN_SPACES
 
     for m in ("forget-mi", "multidelete"):
         assert "epochs" not in UNLEARN_SPACES[m]
         steps = UNLEARN_SPACES[m]["steps"]
-        assert isinstance(steps, Int) and steps.low >= 1 and steps.high <= 35
-        assert int(UNLEARN_DEFAULTS[m]["steps"]) > 0
+        assert isinstance(steps, Int) and steps.low >= 1
+        share = UNLEARN_SPACES[m]["step_share"]  # the budget scales with retraining's steps
+        assert isinstance(share, Float) and share.low > 0 and share.high <= 0.07
+        assert 0 < float(UNLEARN_DEFAULTS[m]["step_share"]) <= 0.07
+
+
+def test_the_step_budget_scales_with_the_data() -> None:
+    from pipelines.unlearning.data import diabetes_fixture, split_patients
+    from pipelines.unlearning.features import featurize
+    from pipelines.unlearning.methods import TRAIN_BATCH, _budget, _Data
+    from pipelines.unlearning.model import TrainedModel
+
+    d = diabetes_fixture()
+    f = featurize(d, split_patients(d.groups, 0.1, 0))
+    data = _Data(f, __import__("torch").device("cpu"), 0)
+    orig = TrainedModel(None, {}, 1.0, history=[0.0] * 20)  # type: ignore[arg-type]
+    retrain_steps = 20 * -(-len(f.split.retain) // TRAIN_BATCH)
+    assert _budget(orig, data, 120, 0.06) == int(0.06 * retrain_steps)
+    assert _budget(orig, data, 3, 0.06) == 3  # a smaller nominal budget is kept
+    assert _budget(orig, data, 30, 0.0) == 30  # no share: the nominal budget
