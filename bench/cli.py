@@ -131,8 +131,8 @@ def _register_optimizers(sub: Any) -> None:
         "--holdout-seeds",
         type=int,
         default=0,
-        help="evaluate every run's best configuration on run seeds 0..N-1 (held out from "
-        "tuning), reporting --holdout-metric",
+        help="evaluate every run's best configuration on the first N run seeds (0, 1, ...; "
+        "held out from tuning), reporting --holdout-metric",
     )
     p.add_argument(
         "--holdout-metric",

@@ -409,26 +409,35 @@ def equal_spend(
     out: dict[str, Any] = {
         "spend_by_seed": {str(k): v for k, v in sorted(spends.items())},
         "spend": statistics.fmean(spends.values()),
-        "optimizers": {},
     }
+    out["optimizers"] = _within_limits(mine, optimizers, spends, "cumulative_cost")
+    return out
+
+
+def _within_limits(
+    runs: Sequence[Mapping[str, Any]],
+    optimizers: Sequence[str],
+    limits: Mapping[int, float],
+    clock: str,
+) -> dict[str, Any]:
+    """Per optimizer, mean (and 95% CI) trials and best value while ``row[clock]`` stays
+    within its seed's limit; seeds without a limit are left out."""
+    result: dict[str, Any] = {}
     for o in optimizers:
         counts, bests = [], []
-        for r in mine:
-            if r["optimizer"] != o or int(r["seed"]) not in spends:
+        for r in runs:
+            if r["optimizer"] != o or int(r["seed"]) not in limits:
                 continue
-            limit = spends[int(r["seed"])]
-            within = [row for row in r["rows"] if float(row["cumulative_cost"]) <= limit]
+            limit = limits[int(r["seed"])] + 1e-9
+            within = [row for row in r["rows"] if float(row[clock]) <= limit]
             counts.append(float(len(within)))
             b = [row["best_so_far"] for row in within if row["best_so_far"] is not None]
             bests.append(float(b[-1]) if b else math.nan)
         if counts:
             n, nh = _ci(counts)
             bm, bh = _ci(bests)
-            out["optimizers"][o] = {
-                "n_trials": {"mean": n, "ci95": nh},
-                "best": {"mean": bm, "ci95": bh},
-            }
-    return out
+            result[o] = {"n_trials": {"mean": n, "ci95": nh}, "best": {"mean": bm, "ci95": bh}}
+    return result
 
 
 def equal_wall(
@@ -448,24 +457,7 @@ def equal_wall(
         return None
     out: dict[str, Any] = {"wall_by_seed": {str(k): v for k, v in sorted(limits.items())}}
     out["wall"] = statistics.fmean(limits.values())
-    out["optimizers"] = {}
-    for o in optimizers:
-        counts, bests = [], []
-        for r in mine:
-            if r["optimizer"] != o:
-                continue
-            lim = limits[int(r["seed"])]
-            within = [row for row in r["rows"] if float(row["wall_elapsed"]) <= lim + 1e-9]
-            counts.append(float(len(within)))
-            b = [row["best_so_far"] for row in within if row["best_so_far"] is not None]
-            bests.append(float(b[-1]) if b else math.nan)
-        if counts:
-            n, nh = _ci(counts)
-            bm, bh = _ci(bests)
-            out["optimizers"][o] = {
-                "n_trials": {"mean": n, "ci95": nh},
-                "best": {"mean": bm, "ci95": bh},
-            }
+    out["optimizers"] = _within_limits(mine, optimizers, limits, "wall_elapsed")
     return out
 
 
