@@ -38,6 +38,9 @@ __all__ = [
     "Optimizer",
     "Params",
     "Pending",
+    "cached_depth",
+    "estimated_cost",
+    "max_cost_after",
     "mean_cost_after",
     "prefix_id",
     "prefix_ids",
@@ -215,9 +218,53 @@ class RandomSearch(Optimizer):
                 if pid not in seen:
                     break
             seen.add(pid)
-            out.append(Candidate(params=params, reuse_depth=0))
+            depth, cost = estimated_cost(self.space, params, history, cached, worst=True)
+            out.append(Candidate(params=params, reuse_depth=depth, predicted_cost=cost))
             self.n_asked += 1
         return out
+
+
+def cached_depth(
+    space: SearchSpace, params: Mapping[str, Mapping[str, Scalar]], cached: Sequence[CachedPrefix]
+) -> tuple[int, float]:
+    """The deepest prefix of ``params`` the cache holds: ``(depth, load_seconds)``, ``(0, 0.0)``
+    when none. The executor reuses every cached stage it meets, planned or not, so a draw
+    that shares a cached prefix pays only for the stages after it plus the load."""
+    if not cached:
+        return 0, 0.0
+    ids = prefix_ids(space, params)
+    best = (0, 0.0)
+    for c in cached:
+        d = int(c.depth)
+        if best[0] < d <= len(ids) and prefix_id(space, c.params, d) == ids[d - 1]:
+            best = (d, float(c.load_seconds))
+    return best
+
+
+def max_cost_after(history: Sequence[Observation], depth: int = 0) -> float | None:
+    """Largest observed compute cost of the stages after ``depth`` (``None`` without data)."""
+    costs = [sum(o.stage_costs[depth:]) for o in history if len(o.stage_costs) > depth]
+    return max(costs) if costs else None
+
+
+def estimated_cost(
+    space: SearchSpace,
+    params: Mapping[str, Mapping[str, Scalar]],
+    history: Sequence[Observation],
+    cached: Sequence[CachedPrefix],
+    *,
+    worst: bool = False,
+) -> tuple[int, float | None]:
+    """A model-free cost prediction for ``params``: the mean (``worst``: the largest) observed
+    cost of the stages after its deepest cached prefix, plus that prefix's load time.
+
+    Returns ``(depth, cost)``; ``cost`` is ``None`` before any trial finished. Charging the
+    cached stages again would make a study whose upstream is cached (fixed parameters, a warm
+    cache) admit far fewer trials than its budget pays for.
+    """
+    depth, load = cached_depth(space, params, cached)
+    after = (max_cost_after if worst else mean_cost_after)(history, depth)
+    return depth, None if after is None else after + load
 
 
 def mean_cost_after(history: Sequence[Observation], depth: int = 0) -> float | None:

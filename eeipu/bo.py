@@ -184,7 +184,7 @@ class CostAwareBO(Optimizer):
             n_random = max(0, self.n_warmup - len(history) - len(pending))
             if len(valid) < 2:
                 n_random = n
-            out = self._warmup(min(n, n_random), history, pending, budget)
+            out = self._warmup(min(n, n_random), history, pending, budget, cached)
             if len(out) < n and len(valid) >= 2 and (n_random == 0 or len(out) == n_random):
                 extra = [Pending(c.params, c.reuse_depth) for c in out]
                 try:
@@ -194,7 +194,7 @@ class CostAwareBO(Optimizer):
                 except (RuntimeError, ValueError) as e:
                     # A numerical failure (e.g. a non-positive-definite covariance) must not
                     # stop a study: propose at random this once and say why.
-                    more = self._warmup(n - len(out), history, [*pending, *extra], budget)
+                    more = self._warmup(n - len(out), history, [*pending, *extra], budget, cached)
                     for c in more:
                         c.info = {"phase": "fallback", "error": f"{type(e).__name__}: {e}"}
                     out += more
@@ -207,9 +207,10 @@ class CostAwareBO(Optimizer):
         history: Sequence[Observation],
         pending: Sequence[Pending],
         budget: BudgetState,
+        cached: Sequence[CachedPrefix] = (),
     ) -> list[Candidate]:
         seen = self._seen(history, pending)
-        return uniform_warmup(self.space, self.rng, n, history, pending, budget, seen)
+        return uniform_warmup(self.space, self.rng, n, history, pending, budget, seen, cached)
 
     # ------------------------------------------------------------------ the model step
     def _eta(self, history: Sequence[Observation], budget: BudgetState) -> float:

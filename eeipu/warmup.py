@@ -10,7 +10,16 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from eeipu.base import BudgetState, Candidate, Observation, Pending, mean_cost_after, prefix_id
+from eeipu.base import (
+    BudgetState,
+    CachedPrefix,
+    Candidate,
+    Observation,
+    Pending,
+    estimated_cost,
+    mean_cost_after,
+    prefix_id,
+)
 from eeipu.space import SearchSpace
 
 __all__ = ["uniform_warmup"]
@@ -24,12 +33,14 @@ def uniform_warmup(
     pending: Sequence[Pending],
     budget: BudgetState,
     seen: set[str],
+    cached: Sequence[CachedPrefix] = (),
 ) -> list[Candidate]:
     """Up to ``n`` uniform draws, none a configuration in ``seen`` (100 tries each).
 
-    Each draw's predicted cost is the mean observed cost of a full run; the draws stop when
-    it, on top of the pending trials' and the earlier draws', would exceed what remains of
-    the budget plus its margin. ``seen`` gains the draws' ids.
+    Each draw's predicted cost is the mean observed cost of the stages after the deepest
+    prefix of it that ``cached`` holds, plus that prefix's load time (a full run when none);
+    the draws stop when it, on top of the pending trials' and the earlier draws', would
+    exceed what remains of the budget plus its margin. ``seen`` gains the draws' ids.
     """
     n_stages = len(space.stage_names)
     committed = sum(mean_cost_after(history, p.reuse_depth) or 0.0 for p in pending)
@@ -40,10 +51,10 @@ def uniform_warmup(
             pid = prefix_id(space, params, n_stages)
             if pid not in seen:
                 break
-        estimate = mean_cost_after(history, 0)
+        depth, estimate = estimated_cost(space, params, history, cached)
         if estimate is not None and committed + estimate > budget.remaining + budget.margin:
             break
         seen.add(pid)
         committed += estimate or 0.0
-        out.append(Candidate(params, 0, estimate, None, {"phase": "warmup"}))
+        out.append(Candidate(params, depth, estimate, None, {"phase": "warmup"}))
     return out
