@@ -325,7 +325,11 @@ class StudyService:
         if optimizer is None:
             try:
                 opt = make_optimizer(
-                    req.optimizer, pipe.space, direction=direction, seed=req.seed, **options
+                    req.optimizer,
+                    pipe.space.pinned(fixed),
+                    direction=direction,
+                    seed=req.seed,
+                    **options,
                 )
             except ValueError as e:
                 raise InvalidRequest(str(e), "invalid_optimizer") from None
@@ -392,7 +396,7 @@ class StudyService:
             try:
                 opt = make_optimizer(
                     st.spec.optimizer,
-                    pipe.space,
+                    pipe.space.pinned(st.spec.fixed_params),
                     direction=st.spec.direction,
                     seed=st.spec.seed,
                     **options,

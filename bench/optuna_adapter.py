@@ -15,7 +15,15 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from eeipu.base import BudgetState, CachedPrefix, Candidate, Observation, Optimizer, Pending
+from eeipu.base import (
+    BudgetState,
+    CachedPrefix,
+    Candidate,
+    Observation,
+    Optimizer,
+    Pending,
+    estimated_cost,
+)
 from eeipu.space import Categorical, Float, Int, SearchSpace
 
 __all__ = ["OptunaGP", "OptunaSampler", "OptunaTPE", "OptunaTPEMemo"]
@@ -109,7 +117,10 @@ class OptunaSampler(Optimizer):
                 warnings.simplefilter("ignore")
                 trial = study.ask(dists)
             phase = "warmup" if len(history) < self.n_warmup else "model"
-            out.append(Candidate(self.params_of(trial.params), 0, None, None, {"phase": phase}))
+            params = self.params_of(trial.params)
+            # admitted by the cost of what the cache does not already hold of it
+            depth, cost = estimated_cost(self.space, params, history, cached, worst=True)
+            out.append(Candidate(params, depth, cost, None, {"phase": phase}))
         self.n_asked += len(out)
         return out
 

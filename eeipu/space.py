@@ -343,3 +343,24 @@ class SearchSpace:
         for sp in self.specs:
             out[sp.stage][sp.name] = sp.param.to_dict()
         return out
+
+    def pinned(self, fixed: Mapping[str, Mapping[str, Any]]) -> SearchSpace:
+        """This space with each parameter of ``fixed`` (``{stage: {name: value}}``, values
+        valid for their parameter) a one-choice ``Categorical``: an optimizer on it proposes
+        only the fixed values, so its prefixes and reuse plans are those that run."""
+        if not any(fixed.values()):
+            return self
+        stages: list[tuple[str, dict[str, Param]]] = []
+        for stage in self.stage_names:
+            params: dict[str, Param] = {}
+            for sp in self.specs:
+                if sp.stage != stage:
+                    continue
+                given = fixed.get(stage, {})
+                params[sp.name] = (
+                    Categorical([sp.param.canonical(given[sp.name])])
+                    if sp.name in given
+                    else sp.param
+                )
+            stages.append((stage, params))
+        return SearchSpace(stages)

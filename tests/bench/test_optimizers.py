@@ -93,3 +93,21 @@ def test_tpe_memo_takes_a_close_cached_prefix_and_leaves_a_far_one() -> None:
     assert opt._memo(cand, [CachedPrefix(1, far, 0.0)], [8.0, 1.0, 1.0], 10.0, 1.0) is cand
     # at the end of the budget no prefix is close enough
     assert opt._memo(cand, [CachedPrefix(1, near, 0.0)], [8.0, 1.0, 1.0], 10.0, 0.0) is cand
+
+
+def test_optuna_proposals_are_priced_by_what_the_cache_lacks() -> None:
+    """A TPE proposal whose fixed first stage is cached is admitted at the cost of the rest."""
+    from bench.optuna_adapter import OptunaTPE
+    from eeipu.base import CachedPrefix, Observation
+    from eeipu.space import Categorical, Float, SearchSpace
+
+    space = SearchSpace([("prep", {"k": Categorical([1])}), ("fit", {"x": Float(0.0, 1.0)})])
+    history = [
+        Observation({"prep": {"k": 1}, "fit": {"x": 0.1}}, 1.0, [9.0, 1.0]),
+        Observation({"prep": {"k": 1}, "fit": {"x": 0.9}}, 2.0, [9.0, 2.0], 1),
+    ]
+    opt = OptunaTPE(space, seed=0, n_warmup=1)
+    cand = opt.ask(1, history, cached=[CachedPrefix(1, {"prep": {"k": 1}}, 0.5)])[0]
+    assert cand.reuse_depth == 1 and cand.predicted_cost == pytest.approx(2.5)
+    bare = OptunaTPE(space, seed=0, n_warmup=1).ask(1, history)[0]
+    assert bare.reuse_depth == 0 and bare.predicted_cost == pytest.approx(11.0)
