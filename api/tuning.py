@@ -198,6 +198,8 @@ class StudyRun:
         optimizer: an optimizer instance to use instead of one built from ``req``.
         sinks: called with every finished trial.
         budget: the run's budget as the caller sees it (``inf`` for count-only runs).
+        settings: the service settings (default: unbounded, for a run in this process).
+        stop: an event that ends the run between trials (default: a new one).
     """
 
     def __init__(
@@ -210,6 +212,7 @@ class StudyRun:
         sinks: Sequence[TrialSink] = (),
         budget: float | None = None,
         settings: Settings | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.store = store
         self.pipeline = pipeline
@@ -233,7 +236,7 @@ class StudyRun:
             study_id=self.study.id,
             count_proposal_time=spec.count_proposal_time,
         )
-        self.stop = threading.Event()
+        self.stop = stop or threading.Event()
         self._best: float | None = None
         self._t0 = time.perf_counter()
 

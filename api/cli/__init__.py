@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, NoReturn
 
+from api.cli.interrupts import Terminated
+
 COMMANDS = ("run", "tune", "cache_cmd", "serve", "studies", "worker", "pipelines_cmd", "report")
 PLUGIN_GROUP = "eeipu.cli"
 EXIT_USAGE = 2
@@ -164,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("eeipu: interrupted\n")
         return 130
+    except Terminated:
+        sys.stderr.write("eeipu: terminated\n")
+        return 143
     except Exception as e:
         msg = error_message(e)
         if msg is None:

@@ -13,8 +13,8 @@ import argparse
 import copy
 import json
 import math
-import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
@@ -75,16 +75,8 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived: stop the study resumably, like Ctrl-C (a ``BaseException``, so no
-    ``except Exception`` of a stage or of the trial runner records it as a failed trial)."""
-
-
-def _on_sigterm(*_: Any) -> None:
-    raise Terminated()
-
-
 def run(args: argparse.Namespace) -> int:
+    from api.cli.interrupts import Interrupts, Terminated
     from api.service import StudyRequest
     from api.store import open_store
     from api.tuning import MEMORY_STORE, StudyFailed, StudyRun
@@ -96,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     pipe.check_objective(objective)  # before any work: ValueError, exit 2
     fixed = parse_fixed(pipe, args.fix or [])
     bar, sinks, watch = _progress_bar(args)
-    pipe = watched_pipeline(pipe, fixed, watch)
+    interrupts = Interrupts(threading.Event())
+    pipe = watched_pipeline(pipe, fixed, watch, interrupts.guard)
     cache = open_cache_from(args)
     url = MEMORY_STORE
     if args.db is not None:
@@ -120,13 +113,16 @@ def run(args: argparse.Namespace) -> int:
         fixed_params=fixed or None,
     )
     store = open_store(url, pool_size=2)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    interrupts.install()
     rc = 0
     try:
         study = None
         try:
-            study = StudyRun(store, pipe, req, cache, sinks=sinks, budget=args.budget)
+            study = StudyRun(
+                store, pipe, req, cache, sinks=sinks, budget=args.budget, stop=interrupts.stop
+            )
             res: TuneResult = study.run()
+            interrupts.check()  # a signal between trials ended the loop: stop as interrupted
         except StudyFailed as e:
             res, rc = e.result, 1
             sys.stderr.write(f"eeipu: study failed: {e}\n")
@@ -134,13 +130,12 @@ def run(args: argparse.Namespace) -> int:
             if study is None:
                 raise
             term = isinstance(e, Terminated)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop at a time
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            interrupts.ignore()  # one stop at a time
             res = study.interrupt("interrupted by " + ("SIGTERM" if term else "SIGINT"))
             rc = 143 if term else 130
             sys.stderr.write(f"eeipu: interrupted; study {study.study_id} is stopped (resumable)\n")
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        interrupts.restore()
         if bar is not None:
             bar.close()
         store.close()
@@ -201,10 +196,14 @@ StageWatch = Callable[[str, str, float | None], None]  # (event, stage, compute 
 
 
 def watched_pipeline(
-    pipe: Pipeline, fixed: Mapping[str, Mapping[str, Any]], watch: StageWatch | None
+    pipe: Pipeline,
+    fixed: Mapping[str, Mapping[str, Any]],
+    watch: StageWatch | None,
+    guard: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None,
 ) -> Pipeline:
-    """A copy of ``pipe`` whose stages report their start and end to ``watch`` and whose
-    fixed parameters are single-choice (the optimizer searches only the others).
+    """A copy of ``pipe`` whose stages report their start and end to ``watch``, run inside
+    ``guard`` (the region where an interrupt may raise), and whose fixed parameters are
+    single-choice (the optimizer searches only the others).
 
     Names, versions and parameter values are unchanged, so are the cache keys: the copy
     reuses and feeds the same cache entries as ``pipe``.
@@ -212,7 +211,7 @@ def watched_pipeline(
     from eeipu.space import Categorical, SearchSpace
     from pipelines import Stage
 
-    if watch is None and not fixed:
+    if watch is None and guard is None and not fixed:
         return pipe
     new = copy.copy(pipe)
     stages = []
@@ -221,6 +220,7 @@ def watched_pipeline(
         for name, value in fixed.get(st.name, {}).items():
             space[name] = Categorical([value])
         fn = st.fn if watch is None else _watched_fn(st.name, st.fn, watch)
+        fn = fn if guard is None else guard(fn)
         copy_ = Stage(st.name, fn, space, version=st.version, load_seconds=st.load_seconds)
         copy_.wants_seed = st.wants_seed
         stages.append(copy_)
