@@ -26,15 +26,17 @@ __all__ = [
 ]
 
 
-def get_service(request: Request) -> StudyService:
+# Every dependency is ``async def``: FastAPI runs a plain ``def`` dependency in the thread
+# pool, one hop (about 0.2 ms of CPU) per dependency and request even for an async route.
+async def get_service(request: Request) -> StudyService:
     return request.app.state.service  # type: ignore[no-any-return]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_executor(request: Request) -> Any:
+async def get_executor(request: Request) -> Any:
     return request.app.state.executor
 
 
@@ -48,7 +50,7 @@ def token_ok(token: str | None, authorization: str | None) -> bool:
     )
 
 
-def require_token(request: Request) -> None:
+async def require_token(request: Request) -> None:
     """Mutating endpoints need ``Authorization: Bearer <token>`` when a token is set.
 
     ``api.app.EdgeGuard`` already refused a request without it before its body was read

@@ -17,6 +17,7 @@ share of the seconds its proposal took, and the store adds it to the trial's cos
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import copy
 import logging
@@ -286,6 +287,7 @@ class StudyService:
         # Why a study stopped proposing (the last reason seen in this process).
         self.stop_reasons: dict[int, str] = {}
         self.tells = TellBatcher(store)
+        self.reads = StudyReads(store)
 
     # ---------------------------------------------------------------- pipelines
     def pipeline(self, name: str) -> Pipeline:
@@ -852,6 +854,70 @@ class TellBatcher:
         if self._thread is not None:
             self._q.put(None)
             self._thread.join(10)
+
+
+class StudyRead:
+    """One study as a group read found it (``study`` None: there is none), with a slot for
+    its rendered answer, shared by every request that read it in the same group."""
+
+    __slots__ = ("body", "study")
+
+    def __init__(self, study: Study | None) -> None:
+        self.study = study
+        self.body: bytes | None = None
+
+
+class StudyReads:
+    """Group reads of studies for the event loop (``GET /v1/studies/{id}``, what polling
+    clients call most).
+
+    A read waits for the next group: whatever reads arrive while one group's query runs are
+    answered together by the following query, one ``SELECT ... WHERE id IN (...)`` in a
+    worker thread, so the loop keeps serving meanwhile and one round trip (and one rendered
+    answer per study) serves every waiting client. A read joins only a query that starts
+    after it arrived, so it sees every write that finished before it was made, as a read of
+    its own would. Nothing waits on purpose: a lone read runs at once.
+    """
+
+    def __init__(self, store: TrialStore) -> None:
+        self.store = store
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiting: dict[int, list[asyncio.Future[StudyRead]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.groups = 0  # queries made
+        self.reads = 0  # reads they answered
+
+    async def get(self, study_id: int) -> StudyRead:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # first use, or an app served again on a new loop
+            self._loop, self._waiting, self._task = loop, {}, None
+        fut: asyncio.Future[StudyRead] = loop.create_future()
+        self._waiting.setdefault(study_id, []).append(fut)
+        if self._task is None:
+            self._task = loop.create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting, {}
+                try:
+                    found = await asyncio.to_thread(self.store.get_studies, list(group))
+                except Exception as e:  # every reader of the group hears it
+                    for futs in group.values():
+                        for f in futs:
+                            if not f.done():
+                                f.set_exception(e)
+                    continue
+                self.groups += 1
+                for sid, futs in group.items():
+                    read = StudyRead(found.get(sid))
+                    self.reads += len(futs)
+                    for f in futs:
+                        if not f.done():
+                            f.set_result(read)
+        finally:
+            self._task = None
 
 
 class Scheduler:

@@ -112,6 +112,7 @@ class OptunaSampler(Optimizer):
 
         study, dists = self.study_of(history)
         out = []
+        after: dict[int, float | None] = {}
         for _ in range(n):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -119,7 +120,9 @@ class OptunaSampler(Optimizer):
             phase = "warmup" if len(history) < self.n_warmup else "model"
             params = self.params_of(trial.params)
             # admitted by the cost of what the cache does not already hold of it
-            depth, cost = estimated_cost(self.space, params, history, cached, worst=True)
+            depth, cost = estimated_cost(
+                self.space, params, history, cached, worst=True, memo=after
+            )
             out.append(Candidate(params, depth, cost, None, {"phase": phase}))
         self.n_asked += len(out)
         return out

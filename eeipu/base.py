@@ -39,6 +39,7 @@ __all__ = [
     "Params",
     "Pending",
     "cached_depth",
+    "config_id",
     "estimated_cost",
     "max_cost_after",
     "mean_cost_after",
@@ -110,6 +111,23 @@ def prefix_id(space: SearchSpace, params: Mapping[str, Mapping[str, Scalar]], de
         sp = params[stage]
         parts.append(stage + "(" + ",".join(f"{k}={sp[k]!r}" for k in sorted(sp)) + ")")
     return "/".join(parts)
+
+
+def config_id(space: SearchSpace, item: Observation | Pending) -> str:
+    """``prefix_id`` of ``item``'s whole configuration, memoized on ``item``.
+
+    The duplicate check reads every trial of a study at every proposal, and a service keeps
+    its observations between proposals: formatting each configuration once, not once per
+    proposal, keeps a proposal's cost from growing with the study (a trial's parameters never
+    change once it is proposed). The memo is keyed by the space's stage order.
+    """
+    key = tuple(space.stage_names)
+    memo = item.__dict__.get("_config_id")
+    if memo is not None and memo[0] == key:
+        return str(memo[1])
+    cid = prefix_id(space, item.params, len(key))
+    item.__dict__["_config_id"] = (key, cid)
+    return cid
 
 
 def prefix_ids(space: SearchSpace, params: Mapping[str, Mapping[str, Scalar]]) -> list[str]:
@@ -187,9 +205,8 @@ class Optimizer(ABC):
         return 1.0 if self.direction == "maximize" else -1.0
 
     def _seen(self, history: Sequence[Observation], pending: Sequence[Pending]) -> set[str]:
-        k = len(self.space.stage_names)
-        return {prefix_id(self.space, o.params, k) for o in history} | {
-            prefix_id(self.space, p.params, k) for p in pending
+        return {config_id(self.space, o) for o in history} | {
+            config_id(self.space, p) for p in pending
         }
 
 
@@ -211,6 +228,7 @@ class RandomSearch(Optimizer):
         seen = self._seen(history, pending)
         out: list[Candidate] = []
         k = len(self.space.stage_names)
+        after: dict[int, float | None] = {}
         for _ in range(n):
             for _attempt in range(100):
                 params = self.space.sample(self.rng)
@@ -218,7 +236,9 @@ class RandomSearch(Optimizer):
                 if pid not in seen:
                     break
             seen.add(pid)
-            depth, cost = estimated_cost(self.space, params, history, cached, worst=True)
+            depth, cost = estimated_cost(
+                self.space, params, history, cached, worst=True, memo=after
+            )
             out.append(Candidate(params=params, reuse_depth=depth, predicted_cost=cost))
             self.n_asked += 1
         return out
@@ -254,16 +274,23 @@ def estimated_cost(
     cached: Sequence[CachedPrefix],
     *,
     worst: bool = False,
+    memo: dict[int, float | None] | None = None,
 ) -> tuple[int, float | None]:
     """A model-free cost prediction for ``params``: the mean (``worst``: the largest) observed
     cost of the stages after its deepest cached prefix, plus that prefix's load time.
 
     Returns ``(depth, cost)``; ``cost`` is ``None`` before any trial finished. Charging the
     cached stages again would make a study whose upstream is cached (fixed parameters, a warm
-    cache) admit far fewer trials than its budget pays for.
+    cache) admit far fewer trials than its budget pays for. ``memo`` keeps the per-depth
+    figure between calls on the same ``history`` (one pass over it per depth, not per draw).
     """
     depth, load = cached_depth(space, params, cached)
-    after = (max_cost_after if worst else mean_cost_after)(history, depth)
+    if memo is not None and depth in memo:
+        after = memo[depth]
+    else:
+        after = (max_cost_after if worst else mean_cost_after)(history, depth)
+        if memo is not None:
+            memo[depth] = after
     return depth, None if after is None else after + load
 
 

@@ -45,13 +45,14 @@ def uniform_warmup(
     n_stages = len(space.stage_names)
     committed = sum(mean_cost_after(history, p.reuse_depth) or 0.0 for p in pending)
     out: list[Candidate] = []
+    after: dict[int, float | None] = {}
     for _ in range(n):
         for _attempt in range(100):
             params = space.sample(rng)
             pid = prefix_id(space, params, n_stages)
             if pid not in seen:
                 break
-        depth, estimate = estimated_cost(space, params, history, cached)
+        depth, estimate = estimated_cost(space, params, history, cached, memo=after)
         if estimate is not None and committed + estimate > budget.remaining + budget.margin:
             break
         seen.add(pid)

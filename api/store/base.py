@@ -229,6 +229,16 @@ class TrialStore(ABC):
         """The study, or None; ``with_state=False`` leaves ``optimizer_state`` out (None):
         the hot reads (a study's status, an ask, a tell) do not need it."""
 
+    def get_studies(self, study_ids: Sequence[int]) -> dict[int, Study]:
+        """Several studies at once, without their optimizer state; an id with no study is
+        left out. One read where the backend allows (``api.service.StudyReads``)."""
+        out = {}
+        for sid in study_ids:
+            st = self.get_study(sid, with_state=False)
+            if st is not None:
+                out[sid] = st
+        return out
+
     @abstractmethod
     def list_studies(
         self, state: StudyState | None = None, limit: int = 100, offset: int = 0

@@ -501,6 +501,19 @@ class SQLTrialStore(TrialStore):
 
         return self._run(go)
 
+    def get_studies(self, study_ids: Sequence[int]) -> dict[int, Study]:
+        ids = sorted({int(i) for i in study_ids})
+        if not ids:
+            return {}
+        table = StudyRow.__table__
+        q = select(*self._NO_STATE).where(table.c.id.in_(ids))
+
+        def go(_retry: bool) -> dict[int, Study]:
+            with self._rengine.connect() as c:
+                return {st.id: st for st in self._studies(c, list(c.execute(q)))}
+
+        return self._run(go)
+
     def list_studies(
         self, state: StudyState | None = None, limit: int = 100, offset: int = 0
     ) -> list[Study]:

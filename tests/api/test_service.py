@@ -307,3 +307,31 @@ def test_a_managed_study_keeps_proposals_ahead_of_its_workers(tmp_path: Path) ->
     seq = svc.create_study(StudyRequest("synthetic-3stage", "random", 1e5, parallelism=1))
     svc.fill(seq.id)
     assert svc.store.count_trials(seq.id) == 1  # sequential: every proposal sees every result
+
+
+def test_concurrent_study_reads_share_one_query_and_see_earlier_writes(tmp_path: Path) -> None:
+    import asyncio
+
+    svc = _service(f"sqlite:///{tmp_path / 'r.db'}")
+    a = svc.create_study(StudyRequest("synthetic-3stage", "random", 1e5, seed=1))
+    b = svc.create_study(StudyRequest("synthetic-3stage", "random", 1e5, seed=2))
+    calls: list[list[int]] = []
+    real = svc.store.get_studies
+
+    def counted(ids: list[int]) -> dict[int, object]:
+        calls.append(sorted(ids))
+        return real(ids)  # type: ignore[return-value]
+
+    svc.store.get_studies = counted  # type: ignore[method-assign]
+
+    async def burst() -> list[object]:
+        return await asyncio.gather(*(svc.reads.get(sid) for sid in [a.id, b.id, a.id, 999]))
+
+    reads = asyncio.run(burst())
+    # Reads that arrive before a query starts share it: one query, each study once.
+    assert calls == [sorted([a.id, b.id, 999])]
+    assert [r.study.id if r.study else None for r in reads] == [a.id, b.id, a.id, None]  # type: ignore[attr-defined]
+    svc.stop_study(b.id)  # a write that finished before the next read: it sees it
+    again = asyncio.run(burst())
+    assert again[1].study.state.value == "stopped"  # type: ignore[attr-defined]
+    assert svc.reads.reads == 8 and svc.reads.groups == len(calls) == 2

@@ -114,3 +114,34 @@ def test_pool_skips_a_cached_prefix_of_another_space_version(space: SearchSpace)
     pool = prefix_pool(space, hist, [], [other, good], 10, 1.0, max_prefixes=2)
     assert [p.source for p in pool] == ["empty", "cache"]
     assert pool[1].params == {"prep": hist[12].params["prep"]}
+
+
+def test_config_id_is_the_full_prefix_id_memoized_per_stage_order(space: SearchSpace) -> None:
+    from eeipu.base import config_id, prefix_id
+
+    k = len(space.stage_names)
+    for o in toy_history(space, 5):
+        assert config_id(space, o) == prefix_id(space, o.params, k)
+        assert config_id(space, o) == prefix_id(space, o.params, k)  # from the memo
+    o = toy_history(space, 1)[0]
+    per_stage = {
+        s: {sp.name: sp.param for sp in space.specs if sp.stage == s} for s in space.stage_names
+    }
+    reordered = SearchSpace([(s, per_stage[s]) for s in reversed(space.stage_names)])
+    assert config_id(space, o) != config_id(reordered, o)
+    assert config_id(reordered, o) == prefix_id(reordered, o.params, k)
+
+
+def test_random_search_never_repeats_a_configuration_of_history_or_pending(
+    space: SearchSpace,
+) -> None:
+    from eeipu.base import Pending, config_id
+
+    hist = toy_history(space, 20)
+    pending = [Pending(params=hist[0].params)]
+    opt = make_optimizer("random", space, seed=3)
+    seen = {config_id(space, o) for o in hist}
+    for c in opt.ask(30, hist[1:], pending):
+        cid = config_id(space, Pending(params=c.params))
+        assert cid not in seen
+        seen.add(cid)

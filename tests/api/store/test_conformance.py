@@ -365,3 +365,16 @@ def test_last_finished_gives_the_latest_trials_that_ran_oldest_first(store: Tria
     assert [t.id for t in store.last_finished(s.id, 2)] == ids[1:]
     assert [t.id for t in store.last_finished(s.id, 10)] == ids
     assert store.last_finished(s.id, 0) == []
+
+
+def test_get_studies_reads_several_studies_as_get_study_does(store: TrialStore) -> None:
+    a = store.create_study(_spec(), None)
+    b = store.create_study(_spec(budget_seconds=7.0), None)
+    _add(store, b.id, 2)
+    got = store.get_studies([b.id, a.id, b.id, 10_000_000])
+    assert sorted(got) == sorted([a.id, b.id])  # a missing id is left out, duplicates once
+    for sid, st in got.items():
+        one = store.get_study(sid, with_state=False)
+        assert one is not None and st == one and st.optimizer_state is None
+    assert got[b.id].n_trials == 2 and got[b.id].spec.budget_seconds == 7.0
+    assert store.get_studies([]) == {}
