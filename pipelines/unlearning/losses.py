@@ -102,8 +102,8 @@ def forgetmi_losses(
     * ``mr`` = d(G_ul(F_ul(I_r), F_ul(T_r)), G_og(F_og(I_r), F_og(T_r)))
 
     Without noise pass ``xi_fn = xi_f`` and ``xt_fn = xt_f``. ``keep``, if given, receives
-    ``h_r`` = G_ul(F_ul(I_r), F_ul(T_r)) (so a caller can add a head loss without a second
-    forward pass).
+    ``h_r`` = G_ul(F_ul(I_r), F_ul(T_r)), ``h_f`` = G_ul(F_ul(I_f), F_ul(T_f)) and ``og_h_r`` =
+    G_og(F_og(I_r), F_og(T_r)) (so a caller can add head losses without a second forward pass).
     """
     nf = xi_f.shape[0]
     # one pass over forget + retain rows per model (eval mode: rows are independent)
@@ -115,7 +115,8 @@ def forgetmi_losses(
     h = ul.fuse(torch.cat([zi_f, zi_r]), torch.cat([zt_f, zt_r]))
     h_f, h_r = h[:nf], h[nf:]
     if keep is not None:
-        keep["h_r"] = h_r
+        keep["h_r"], keep["h_f"] = h_r, h_f
+        keep["og_h_r"] = oh_r
     return {
         "uu": batch_distance(torch.cat([zi_f, zt_f], 1), torch.cat([oi_f, ot_f], 1)),
         "mu": batch_distance(h_f, oh_f),
@@ -171,7 +172,8 @@ def multidelete_losses(
       image side, the text side or both (``unimodal``)
 
     Rolling by one (rather than a random shuffle) guarantees every forget pair is mismatched.
-    ``keep``, if given, receives ``h_r`` = h_ul(I_r, T_r).
+    ``keep``, if given, receives ``h_r`` = h_ul(I_r, T_r), ``h_f`` = h_ul(I_f, T_f) and
+    ``og_h_r`` = h_og(I_r, T_r).
     """
     if decouple not in ("text", "image", "both"):
         raise ValueError(f"decouple must be 'text', 'image' or 'both', got {decouple!r}")
@@ -199,7 +201,8 @@ def multidelete_losses(
     h = ul.fuse(torch.cat([zi_f, zi_r]), torch.cat([zt_f, zt_r]))
     h_f, h_r = h[:nf], h[nf:]
     if keep is not None:
-        keep["h_r"] = h_r
+        keep["h_r"], keep["h_f"] = h_r, h_f
+        keep["og_h_r"] = oh_r
     return {
         "md": torch.stack([F.mse_loss(h_f, t) for t in targets]).mean(),
         "mkr": F.mse_loss(h_r, oh_r),

@@ -12,7 +12,10 @@ and reports for each compared metric ``m`` in ``BAND_METRICS``:
   (no unlearning at all) lies inside the band, so the check cannot tell unlearning from doing
   nothing: the comparison is underpowered;
 * ``band_n_retrains``: the ensemble's size;
-* ``time_ratio``: unlearning wall time / retraining wall time (passes at <= ``TIME_LIMIT``).
+* ``time_ratio``: unlearning time / retraining time (passes at <= ``TIME_LIMIT``), in process
+  CPU time on a CPU device (``time_ratio_cpu`` = 1; stable on a machine shared with other
+  jobs, whose load inflates wall time) and in wall time otherwise; ``time_ratio_wall`` is
+  the wall-time ratio.
 
 ``judge`` turns those into one ``Check`` per compared metric (plus the time criterion). A
 metric whose band keys are missing gets ``band=None, passed=None``; a NaN value gets

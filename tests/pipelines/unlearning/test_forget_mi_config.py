@@ -11,21 +11,22 @@ import inspect
 import numpy as np
 import pytest
 
-from pipelines.unlearning.data import diabetes_fixture, split_patients
-from pipelines.unlearning.features import Features, featurize
+from pipelines.unlearning.features import Features
 from pipelines.unlearning.methods import ForgetMIConfig, forget_mi, run_method
-from pipelines.unlearning.model import ModelConfig, TrainConfig, TrainedModel, train_model
+from pipelines.unlearning.model import TrainedModel
 from pipelines.unlearning.pipelines import UNLEARN_DEFAULTS, UNLEARN_SPACES, make_pipeline
 
 # keys of every stage of the default configuration, seed 0, on the fixture: featurize's is
 # that of the former keyword function; train's version was bumped when it began to train the
 # retrained ensemble and the LiRA references, unlearn's when the defaults changed, evaluate's
 # when it began to report LiRA, bands and the forgetting score
+# unlearn.7: forget_passes (data-scaled forget batch) and new defaults; evaluate.6: the
+# time terms and time_ratio in process CPU time
 KEYS_DIABETES = [
     "be918b67b02cb2a100fa6e2f4d1ffd1c",
     "a5dfc8cc9f55f273804a81e3c36e3910",
-    "8b0d7010645da3e12eadb670c510735f",
-    "edd75e34571de046f00d359b6c3d19eb",
+    "ad6f74339d16b8d31d099dbf82a403f8",
+    "03ec0ed5fba28ab96911f23a2dbd14db",
 ]
 # the defaults of the former keyword arguments
 OLD_DEFAULTS = {
@@ -55,21 +56,11 @@ OLD_DEFAULTS = {
     "w_kl": 0.0,
     "step_share": 0.0,
     "w_fm": 0.0,
+    "forget_passes": 0.0,
 }
 # the pipeline's former default unlearn configuration (before the extensions)
 OLD_PIPELINE = {"lr": 2.5e-2, "use_noise": False, "init_noise": 0.01, "w_ce": 4.0, "w_kl": 0.0,
                 "w_fm": 0.0, "step_share": 0.0}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def setup() -> tuple[TrainedModel, Features]:
-    d = diabetes_fixture()
-    f = featurize(d, split_patients(d.groups, 0.1, 0))
-    cfg = ModelConfig(f.text.shape[1], f.image.shape[1], hidden=16, dropout=0.1)
-    m = train_model(
-        cfg, f.text, f.image, f.y, f.split.train, TrainConfig(1e-2, 10, 1e-4, 64), seed=0
-    )
-    return m, f
 
 
 def _digest(state: dict[str, object]) -> str:

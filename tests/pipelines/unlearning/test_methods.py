@@ -6,28 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.unlearning.data import diabetes_fixture, split_patients
-from pipelines.unlearning.features import Features, featurize
+from pipelines.unlearning.features import Features
 from pipelines.unlearning.methods import METHODS, run_method
 from pipelines.unlearning.model import (
-    ModelConfig,
-    TrainConfig,
     TrainedModel,
     resolve_device,
-    train_model,
 )
-
-
-@pytest.fixture(scope="module")
-def setup() -> tuple[TrainedModel, Features]:
-    d = diabetes_fixture()
-    f = featurize(d, split_patients(d.groups, 0.1, 0))
-    cfg = ModelConfig(f.text.shape[1], f.image.shape[1], hidden=16, dropout=0.1)
-    m = train_model(
-        cfg, f.text, f.image, f.y, f.split.train, TrainConfig(1e-2, 10, 1e-4, 64), seed=0
-    )
-    return m, f
-
 
 SMALL = {
     "forget-mi": {"epochs": 2},
@@ -44,7 +28,7 @@ SMALL = {
 def test_method_runs_and_moves_weights(method: str, setup: tuple[TrainedModel, Features]) -> None:
     orig, f = setup
     out = run_method(method, orig, f, seed=0, device="cpu", **SMALL[method])
-    assert out.seconds > 0
+    assert out.seconds > 0 and 0 < out.cpu_seconds < 1e4
     assert set(out.state) == set(orig.state)
     moved = sum(float((out.state[k] - orig.state[k]).abs().sum()) for k in orig.state)
     assert moved > 0

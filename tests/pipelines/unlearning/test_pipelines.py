@@ -84,6 +84,12 @@ def test_end_to_end_on_fixture_reuses_training() -> None:
             assert k in r.metrics, k
     assert recs["retrain"].metrics["retrain_score"] == pytest.approx(0.0)
     assert recs["retrain"].metrics["unlearn_seconds"] == recs["retrain"].metrics["retrain_seconds"]
+    # on a CPU device the time ratio is one of process CPU times; the wall ratio is kept aside
+    assert fm["time_ratio_cpu"] == 1.0
+    assert fm["unlearn_cpu_seconds"] > 0 and fm["retrain_cpu_seconds"] > 0
+    assert fm["time_ratio"] == pytest.approx(fm["unlearn_cpu_seconds"] / fm["retrain_cpu_seconds"])
+    assert fm["time_ratio_wall"] == pytest.approx(fm["unlearn_seconds"] / fm["retrain_seconds"])
+    assert rt["time_ratio"] == pytest.approx(1.0) and rt["time_ratio_wall"] == pytest.approx(1.0)
 
 
 def test_bad_arguments() -> None:
