@@ -13,6 +13,7 @@ trip on every checkout.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -28,6 +29,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     case,
     cast,
     create_engine,
@@ -344,6 +346,47 @@ def migrate(engine: Engine) -> None:
 _T = TypeVar("_T")
 _RETRIES = 6
 _names = itertools.count()
+
+
+@functools.cache
+def _claim_statements(by_study: bool, n_modes: int | None) -> tuple[Any, Any]:
+    """The claim's statements for one shape of request, built once with bound parameters
+    (``claim_worker``, ``claim_now``, ``claim_study``, ``claim_mode_0`` ... for ``n_modes``
+    modes, or any mode when None; no name is a column's, which an UPDATE would set): a
+    claim is the hottest write, and building and hashing a fresh statement cost more CPU
+    than running it.
+
+    The probe finds the oldest WAITING trial of a running study; the claim is one statement:
+    the subquery locks that trial (skipping those another claim holds), the update takes it.
+    On PostgreSQL it runs in autocommit (one round trip), on SQLite under BEGIN IMMEDIATE.
+    """
+    q = (
+        select(TrialRow.id)
+        .join(StudyRow, StudyRow.id == TrialRow.study_id)
+        .where(
+            TrialRow.state == TrialState.WAITING.value,
+            StudyRow.state == StudyState.RUNNING.value,
+        )
+    )
+    if by_study:
+        q = q.where(TrialRow.study_id == bindparam("claim_study"))
+    if n_modes is not None:
+        q = q.where(StudyRow.mode.in_([bindparam(f"claim_mode_{i}") for i in range(n_modes)]))
+    q = q.order_by(TrialRow.id).limit(1).with_for_update(skip_locked=True, of=TrialRow)
+    t = TRIALS
+    claim = (
+        update(t)
+        .where(t.c.id == q.correlate(None).scalar_subquery(), t.c.state == TrialState.WAITING.value)
+        .values(
+            state=TrialState.RUNNING.value,
+            worker=bindparam("claim_worker"),
+            attempts=t.c.attempts + 1,
+            heartbeat_at=bindparam("claim_now"),
+            started_at=bindparam("claim_now"),
+        )
+        .returning(*t.c)
+    )
+    return q, claim
 
 
 class SQLTrialStore(TrialStore):
@@ -865,20 +908,15 @@ class SQLTrialStore(TrialStore):
     ) -> Trial | None:
         if not isinstance(worker, str) or not worker or len(worker) > 200:
             raise InvalidRequest("a claim needs a worker id of 1..200 chars", "invalid_worker")
-        q = (
-            select(TrialRow.id)
-            .join(StudyRow, StudyRow.id == TrialRow.study_id)
-            .where(
-                TrialRow.state == TrialState.WAITING.value,
-                StudyRow.state == StudyState.RUNNING.value,
-            )
+        modes = None if modes is None else list(modes)
+        probe, claim = _claim_statements(
+            study_id is not None, None if modes is None else len(modes)
         )
-        if study_id is not None:
-            q = q.where(TrialRow.study_id == study_id)
-        if modes is not None:
-            q = q.where(StudyRow.mode.in_(list(modes)))
-        q = q.order_by(TrialRow.id).limit(1).with_for_update(skip_locked=True, of=TrialRow)
         now = time.time()  # also the claim's mark: a retry finds a claim that committed
+        binds: dict[str, Any] = {"claim_worker": worker, "claim_now": now}
+        if study_id is not None:
+            binds["claim_study"] = study_id
+        binds.update({f"claim_mode_{i}": m for i, m in enumerate(modes or ())})
 
         def go(retry: bool) -> Trial | None:
             if retry:
@@ -894,34 +932,15 @@ class SQLTrialStore(TrialStore):
                         return _trial(mine)
             if self.dialect != "postgresql":
                 with self._read() as r:  # most polls find nothing: don't take the write lock
-                    if r.scalar(q) is None:
+                    if r.execute(probe, binds).scalar() is None:
                         return None
-            # One statement: the subquery locks the oldest waiting trial (skipping those
-            # another claim holds), the update takes it; on PostgreSQL it runs in autocommit
-            # (one round trip), on SQLite under BEGIN IMMEDIATE.
-            t = TRIALS
-            claim = (
-                update(t)
-                .where(
-                    t.c.id == q.correlate(None).scalar_subquery(),
-                    t.c.state == TrialState.WAITING.value,
-                )
-                .values(
-                    state=TrialState.RUNNING.value,
-                    worker=worker,
-                    attempts=t.c.attempts + 1,
-                    heartbeat_at=now,
-                    started_at=now,
-                )
-                .returning(*t.c)
-            )
             row: Any
             if self.dialect == "postgresql":
                 with self._rengine.connect() as c:
-                    row = c.execute(claim).one_or_none()
+                    row = c.execute(claim, binds).one_or_none()
             else:
                 with self._write() as s:
-                    row = s.execute(claim).one_or_none()
+                    row = s.execute(claim, binds).one_or_none()
             return _trial(row) if row is not None else None
 
         return self._run(go)
