@@ -8,6 +8,7 @@ Notation: ``ul`` = model being unlearned, ``og`` = frozen original, ``f`` = forg
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +17,12 @@ from pipelines.unlearning.model import FusionNet
 
 __all__ = [
     "FORGETMI_TERMS",
+    "Frozen",
     "batch_distance",
+    "draw_noise",
     "forgetmi_losses",
     "forgetmi_objective",
+    "frozen",
     "multidelete_losses",
     "normalise_weights",
     "perturb",
@@ -37,6 +41,21 @@ def batch_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(((a - b) ** 2).sum(dim=1) + 1e-12).mean()
 
 
+def draw_noise(
+    shape_i: torch.Size,
+    shape_t: torch.Size,
+    text_drop: float,
+    gen: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The random part of ``perturb``, on the CPU and in its order: standard normal draws
+    ``(z_i, z_t)`` of the two shapes, then (``text_drop > 0``) the text side's keep mask
+    (``U(0, 1) >= text_drop``, else ``None``)."""
+    zi = torch.randn(shape_i, generator=gen, device="cpu")
+    zt = torch.randn(shape_t, generator=gen, device="cpu")
+    keep = torch.rand(shape_t, generator=gen, device="cpu") >= text_drop if text_drop > 0 else None
+    return zi, zt, keep
+
+
 def perturb(
     xi: torch.Tensor,
     xt: torch.Tensor,
@@ -50,20 +69,38 @@ def perturb(
     Image side: ``x~_i = x_i + N(mean, std^2)`` (features are standardised, so ``std`` is in
     units of a feature's training spread). Text side: the same Gaussian noise, then each
     feature is zeroed (= set to its training mean, the analogue of keyword masking / word
-    deletion) with probability ``text_drop``.
+    deletion) with probability ``text_drop``. The draws are ``draw_noise``'s.
     """
     dev = xi.device
-
-    def noise(x: torch.Tensor) -> torch.Tensor:
-        z = torch.randn(x.shape, generator=gen, device="cpu").to(dev)
-        return x + noise_mean + noise_std * z
-
-    ni = noise(xi)
-    nt = noise(xt)
-    if text_drop > 0:
-        keep = (torch.rand(xt.shape, generator=gen, device="cpu") >= text_drop).to(dev)
-        nt = nt * keep.to(nt.dtype)
+    zi, zt, keep = draw_noise(xi.shape, xt.shape, text_drop, gen)
+    ni = xi + noise_mean + noise_std * zi.to(dev)
+    nt = xt + noise_mean + noise_std * zt.to(dev)
+    if keep is not None:
+        nt = nt * keep.to(dev).to(nt.dtype)
     return ni, nt
+
+
+class Frozen(NamedTuple):
+    """The frozen original's unimodal embeddings ``(zi, zt)`` and fused representation ``h`` of
+    a set of rows (``frozen``); ``rows(idx)`` selects rows. The original never changes during
+    unlearning and is run in eval mode, so its outputs on a fixed row can be computed once and
+    indexed per step instead of recomputed in every step's forward pass."""
+
+    zi: torch.Tensor
+    zt: torch.Tensor
+    h: torch.Tensor
+
+    def rows(self, idx: torch.Tensor) -> Frozen:
+        return Frozen(
+            self.zi.index_select(0, idx), self.zt.index_select(0, idx), self.h.index_select(0, idx)
+        )
+
+
+@torch.no_grad()
+def frozen(og: FusionNet, xi: torch.Tensor, xt: torch.Tensor) -> Frozen:
+    """``og``'s ``Frozen`` outputs on rows ``(xi, xt)`` (``og`` should be in eval mode)."""
+    zi, zt = og.encode(xi, xt)
+    return Frozen(zi, zt, og.fuse(zi, zt))
 
 
 def normalise_weights(w: Mapping[str, float]) -> dict[str, float]:
@@ -93,6 +130,7 @@ def forgetmi_losses(
     xi_r: torch.Tensor,
     xt_r: torch.Tensor,
     keep: dict[str, torch.Tensor] | None = None,
+    og_r: Frozen | None = None,
 ) -> dict[str, torch.Tensor]:
     """The four Forget-MI distances (unsigned):
 
@@ -102,20 +140,28 @@ def forgetmi_losses(
     * ``mr`` = d(G_ul(F_ul(I_r), F_ul(T_r)), G_og(F_og(I_r), F_og(T_r)))
 
     Without noise pass ``xi_fn = xi_f`` and ``xt_fn = xt_f``. ``keep``, if given, receives
-    ``h_r`` = G_ul(F_ul(I_r), F_ul(T_r)), ``h_f`` = G_ul(F_ul(I_f), F_ul(T_f)) and ``og_h_r`` =
-    G_og(F_og(I_r), F_og(T_r)) (so a caller can add head losses without a second forward pass).
+    ``h_r`` = G_ul(F_ul(I_r), F_ul(T_r)), ``h_f`` = G_ul(F_ul(I_f), F_ul(T_f)), both stacked as
+    ``h`` = ``[h_f; h_r]`` (rows), and ``og_h_r`` = G_og(F_og(I_r), F_og(T_r)) (so a caller
+    can add head losses without a second forward pass).
+    ``og_r``, if given, is ``og``'s ``Frozen`` outputs on the retain rows (computed once for
+    the whole retain set and indexed), so ``og`` runs only on the perturbed forget rows.
     """
     nf = xi_f.shape[0]
     # one pass over forget + retain rows per model (eval mode: rows are independent)
-    zi_f, zt_f, zi_r, zt_r = _encode_split(ul, xi_f, xt_f, xi_r, xt_r)
+    zi, zt = ul.encode(torch.cat([xi_f, xi_r]), torch.cat([xt_f, xt_r]))
+    zi_f, zt_f, zi_r, zt_r = zi[:nf], zt[:nf], zi[nf:], zt[nf:]
     with torch.no_grad():
-        oi_f, ot_f, oi_r, ot_r = _encode_split(og, xi_fn, xt_fn, xi_r, xt_r)
-        oh = og.fuse(torch.cat([oi_f, oi_r]), torch.cat([ot_f, ot_r]))
-        oh_f, oh_r = oh[:nf], oh[nf:]
-    h = ul.fuse(torch.cat([zi_f, zi_r]), torch.cat([zt_f, zt_r]))
+        if og_r is None:
+            oi_f, ot_f, oi_r, ot_r = _encode_split(og, xi_fn, xt_fn, xi_r, xt_r)
+            oh = og.fuse(torch.cat([oi_f, oi_r]), torch.cat([ot_f, ot_r]))
+            oh_f, oh_r = oh[:nf], oh[nf:]
+        else:
+            oi_f, ot_f, oh_f = frozen(og, xi_fn, xt_fn)
+            oi_r, ot_r, oh_r = og_r
+    h = ul.fuse(zi, zt)
     h_f, h_r = h[:nf], h[nf:]
     if keep is not None:
-        keep["h_r"], keep["h_f"] = h_r, h_f
+        keep["h"], keep["h_r"], keep["h_f"] = h, h_r, h_f
         keep["og_h_r"] = oh_r
     return {
         "uu": batch_distance(torch.cat([zi_f, zt_f], 1), torch.cat([oi_f, ot_f], 1)),
@@ -130,8 +176,10 @@ def forgetmi_objective(
     weights: Mapping[str, float],
     use_noise: bool,
     margin: float,
+    normalised: bool = False,
 ) -> torch.Tensor:
-    """``L = a*L_UR + b*L_UU + th*L_MU + g*L_MR`` with normalised weights.
+    """``L = a*L_UR + b*L_UU + th*L_MU + g*L_MR`` with normalised weights (``normalised``:
+    ``weights`` already are ``normalise_weights``' output, computed once per run).
 
     ``L_UU = s * d_uu`` and ``L_MU = s * d_mu`` with ``s = +1`` with noise (pull toward the
     original's embeddings of perturbed inputs) and ``s = -1`` without (push away). The push-away
@@ -139,7 +187,11 @@ def forgetmi_objective(
     bounded below and the retention terms ``L_UR = d_ur``, ``L_MR = d_mr`` keep the rest of the
     model in place once the forget embeddings are ``m`` away.
     """
-    w = normalise_weights({k: weights.get(k, 0.0) for k in FORGETMI_TERMS})
+    w = (
+        weights
+        if normalised
+        else normalise_weights({k: weights.get(k, 0.0) for k in FORGETMI_TERMS})
+    )
     if use_noise:
         uu, mu = d["uu"], d["mu"]
     else:
@@ -158,6 +210,7 @@ def multidelete_losses(
     unimodal: str = "both",
     decouple: str = "text",
     keep: dict[str, torch.Tensor] | None = None,
+    og_fr: tuple[Frozen | None, Frozen | None] = (None, None),
 ) -> dict[str, torch.Tensor]:
     """MultiDelete's three losses (``h`` = fused representation, ``pi`` = roll of the batch):
 
@@ -172,16 +225,25 @@ def multidelete_losses(
       image side, the text side or both (``unimodal``)
 
     Rolling by one (rather than a random shuffle) guarantees every forget pair is mismatched.
-    ``keep``, if given, receives ``h_r`` = h_ul(I_r, T_r), ``h_f`` = h_ul(I_f, T_f) and
-    ``og_h_r`` = h_og(I_r, T_r).
+    ``keep``, if given, receives ``h_r`` = h_ul(I_r, T_r), ``h_f`` = h_ul(I_f, T_f), both
+    stacked as ``h`` = ``[h_f; h_r]``, and ``og_h_r`` = h_og(I_r, T_r). ``og_fr`` = ``(og_f,
+    og_r)``: ``og``'s ``Frozen`` outputs on the forget / retain rows where given (computed once
+    per run and indexed), in place of a forward pass of ``og`` over them.
     """
     if decouple not in ("text", "image", "both"):
         raise ValueError(f"decouple must be 'text', 'image' or 'both', got {decouple!r}")
     b = xi_f.shape[0]
     perm = torch.roll(torch.arange(b, device=xi_f.device), 1) if b > 1 else None
-    zi_f, zt_f, zi_r, zt_r = _encode_split(ul, xi_f, xt_f, xi_r, xt_r)
+    zi, zt = ul.encode(torch.cat([xi_f, xi_r]), torch.cat([xt_f, xt_r]))
+    zi_f, zt_f = zi[:b], zt[:b]
+    og_f, og_r = og_fr
     with torch.no_grad():
-        oi_f, ot_f, oi_r, ot_r = _encode_split(og, xi_f, xt_f, xi_r, xt_r)
+        if og_f is None and og_r is None:  # one pass over forget + retain rows
+            oi_f, ot_f, oi_r, ot_r = _encode_split(og, xi_f, xt_f, xi_r, xt_r)
+            oh_r = og.fuse(oi_r, ot_r)
+        else:
+            oi_f, ot_f, _ = og_f if og_f is not None else frozen(og, xi_f, xt_f)
+            oi_r, ot_r, oh_r = og_r if og_r is not None else frozen(og, xi_r, xt_r)
         targets = []
         if decouple in ("text", "both"):
             ot_mis = ot_f[perm] if perm is not None else torch.zeros_like(ot_f)
@@ -189,7 +251,6 @@ def multidelete_losses(
         if decouple in ("image", "both"):
             oi_mis = oi_f[perm] if perm is not None else torch.zeros_like(oi_f)
             targets.append(og.fuse(oi_mis, ot_f))
-        oh_r = og.fuse(oi_r, ot_r)
     ukr_terms = []
     if unimodal in ("image", "both"):
         ukr_terms.append(F.mse_loss(zi_f, oi_f))
@@ -197,11 +258,10 @@ def multidelete_losses(
         ukr_terms.append(F.mse_loss(zt_f, ot_f))
     if not ukr_terms:
         raise ValueError(f"unimodal must be 'image', 'text' or 'both', got {unimodal!r}")
-    nf = xi_f.shape[0]
-    h = ul.fuse(torch.cat([zi_f, zi_r]), torch.cat([zt_f, zt_r]))
-    h_f, h_r = h[:nf], h[nf:]
+    h = ul.fuse(zi, zt)
+    h_f, h_r = h[:b], h[b:]
     if keep is not None:
-        keep["h_r"], keep["h_f"] = h_r, h_f
+        keep["h"], keep["h_r"], keep["h_f"] = h, h_r, h_f
         keep["og_h_r"] = oh_r
     return {
         "md": torch.stack([F.mse_loss(h_f, t) for t in targets]).mean(),

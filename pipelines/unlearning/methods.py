@@ -21,9 +21,13 @@ import torch.nn.functional as F
 from pipelines.unlearning.features import Features
 from pipelines.unlearning.losses import (
     FORGETMI_TERMS,
+    Frozen,
+    draw_noise,
     forgetmi_losses,
     forgetmi_objective,
+    frozen,
     multidelete_losses,
+    normalise_weights,
     perturb,
     scrub_kl,
 )
@@ -81,21 +85,36 @@ class _Data:
         self.gen = torch.Generator().manual_seed(seed)
         self.dev = dev
 
-    def batches(
-        self, part: tuple[torch.Tensor, ...], bs: int
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def batch_indices(self, part: tuple[torch.Tensor, ...], bs: int) -> Iterator[torch.Tensor]:
+        """The row indices of one seeded pass over ``part`` in batches of ``bs``."""
         n = part[0].shape[0]
         perm = torch.randperm(n, generator=self.gen).to(self.dev)
         for s in range(0, n, bs):
-            b = perm[s : s + bs]
-            yield part[0][b], part[1][b], part[2][b]
+            yield perm[s : s + bs]
+
+    def batches(
+        self, part: tuple[torch.Tensor, ...], bs: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for b in self.batch_indices(part, bs):
+            yield _rows(part, b)
+
+    def sample_indices(self, part: tuple[torch.Tensor, ...], bs: int) -> torch.Tensor:
+        """The row indices of a seeded random batch of ``part`` (with replacement)."""
+        n = part[0].shape[0]
+        return torch.randint(0, n, (min(bs, n),), generator=self.gen).to(self.dev)
 
     def sample(
         self, part: tuple[torch.Tensor, ...], bs: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        n = part[0].shape[0]
-        b = torch.randint(0, n, (min(bs, n),), generator=self.gen).to(self.dev)
-        return part[0][b], part[1][b], part[2][b]
+        return _rows(part, self.sample_indices(part, bs))
+
+
+def _rows(
+    part: tuple[torch.Tensor, ...], b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows ``b`` of each tensor of ``part`` (``index_select``: the values of ``part[k][b]``,
+    at a fraction of advanced indexing's per-call cost on small tensors)."""
+    return part[0].index_select(0, b), part[1].index_select(0, b), part[2].index_select(0, b)
 
 
 def _start(orig: TrainedModel, device: str, seed: int) -> tuple[FusionNet, FusionNet, torch.device]:
@@ -129,7 +148,8 @@ def _eval_logits(model: FusionNet, part: tuple[torch.Tensor, ...]) -> torch.Tens
 
 
 def _reference_loss(og: FusionNet, data: _Data) -> float:
-    """The original model's loss on held-out (validation) data: what unseen data looks like."""
+    """The original model's loss on held-out (validation) data: what unseen data looks like
+    (``Stopper.target_loss``, which computes it from logits it keeps)."""
     if data.v[0].shape[0] == 0:
         raise ValueError("calibration / early stopping need a validation split")
     return _mean_ce(og, data.v)
@@ -198,16 +218,26 @@ class Stopper:
             raise ValueError(f"early_stop must be one of {STOP_MODES}, got {mode!r}")
         self.mode = mode
         self.data = data
-        self.target_loss = _reference_loss(og, data)
-        self.val_auc = _model_auc(og, data.v)
+        if data.v[0].shape[0] == 0:
+            raise ValueError("calibration / early stopping need a validation split")
+        # the original's held-out logits, computed once: its held-out loss (the reference
+        # loss), its held-out AUC and (``unseen_margins``) the unseen rows' margins
+        self.og_val_logits = _eval_logits(og, data.v)
+        self.target_loss = float(F.cross_entropy(self.og_val_logits, data.v[2]))
+        z = self.og_val_logits
+        self.val_auc = auc_t(z[:, 1] - z[:, 0], data.v[2])
         self.target_auc = self.val_auc + auc_gap
         self.max_val_drop = max_val_drop
         self.guarded = max_val_drop < 1.0
         self.reason = ""
         self.val_weight = val_weight
         self.patience = patience
-        # forget and validation rows in one batch: one forward per check
-        self._fv = tuple(torch.cat([a, b]) for a, b in zip(data.f, data.v, strict=True))
+        # forget and validation rows in one batch: one forward per check (mode "best")
+        self._fv = (
+            tuple(torch.cat([a, b]) for a, b in zip(data.f, data.v, strict=True))
+            if mode == "best"
+            else ()
+        )
         self._snap: dict[str, torch.Tensor] | None = None
         self._best: dict[str, torch.Tensor] | None = None
         self.best_score = -math.inf
@@ -292,22 +322,50 @@ class Stopper:
         return False
 
 
+CALIBRATION_GRID = np.geomspace(0.01, 10.0, 25)  # Forget-MI's candidate noise stds
+_CALIBRATION_ROWS = 1 << 16  # perturbed rows per forward pass of the calibration
+
+
 @torch.no_grad()
 def calibrate_noise(
     og: FusionNet, data: _Data, noise_mean: float, text_noise: float, target: float
 ) -> float:
     """Forget-MI's calibration: the noise std whose perturbed forget set gets the original
     model's held-out loss, ``argmin_s |CE_og(f~_s) - target|`` over a log grid in [0.01, 10]
-    (one fixed noise draw, so the choice is deterministic)."""
-    gen = torch.Generator().manual_seed(12345)
+    (``CALIBRATION_GRID``; one fixed noise draw, so the choice is deterministic; the first
+    grid point wins a tie, 1.0 when every loss is NaN).
+
+    Every grid point uses the same draw ``z`` (``perturb``'s, from a generator seeded with
+    12345), so ``f~_s = f + mean + s * z`` is one draw scaled, and the perturbed copies of
+    all the grid points go through ``og`` together (``_CALIBRATION_ROWS`` rows per pass)
+    instead of one draw and one forward pass per grid point."""
     xi, xt, y = data.f
+    n = xi.shape[0]
+    if n == 0:
+        return 1.0
+    dev = xi.device
+    zi, zt, keep = draw_noise(xi.shape, xt.shape, text_noise, torch.Generator().manual_seed(12345))
+    zi, zt = zi.to(dev), zt.to(dev)
+    base_i, base_t = xi + noise_mean, xt + noise_mean
+    mask = keep.to(dev).to(xt.dtype) if keep is not None else None
+    grid = torch.as_tensor(CALIBRATION_GRID, dtype=xi.dtype, device=dev)[:, None, None]
+    per = max(1, _CALIBRATION_ROWS // n)
+    losses: list[float] = []
+    for a in range(0, grid.shape[0], per):
+        s = grid[a : a + per]
+        k = s.shape[0]
+        ni = base_i + s * zi  # k x n x d: each grid point's perturbed copy
+        nt = base_t + s * zt
+        if mask is not None:
+            nt = nt * mask
+        logits = og(ni.reshape(k * n, -1), nt.reshape(k * n, -1))
+        ce = F.cross_entropy(logits, y.repeat(k), reduction="none").reshape(k, n).mean(dim=1)
+        losses.extend(ce.tolist())
     best, best_gap = 1.0, math.inf
-    for s in np.geomspace(0.01, 10.0, 25):
-        gen.manual_seed(12345)
-        ni, nt = perturb(xi, xt, noise_mean, float(s), text_noise, gen)
-        gap = abs(float(F.cross_entropy(og(ni, nt), y)) - target)
+    for sd, ce_s in zip(CALIBRATION_GRID, losses, strict=True):
+        gap = abs(ce_s - target)
         if gap < best_gap:
-            best, best_gap = float(s), gap
+            best, best_gap = float(sd), gap
     return best
 
 
@@ -385,12 +443,13 @@ def _row_weight(w: float, rows: int, batch_size: int, passes: float) -> float:
 
 
 @torch.no_grad()
-def unseen_margins(og: FusionNet, data: _Data) -> torch.Tensor:
+def unseen_margins(og: FusionNet, data: _Data, logits: torch.Tensor | None = None) -> torch.Tensor:
     """The original model's logit margins ``z_y - z_other`` on held-out (validation) rows,
-    sorted: what the margins of rows the model never saw look like."""
+    sorted: what the margins of rows the model never saw look like. ``logits``: ``og``'s
+    eval-mode logits on those rows when already computed (``Stopper.og_val_logits``)."""
     if data.v[0].shape[0] == 0:
         return torch.zeros(0)
-    z = _eval_logits(og, data.v)
+    z = logits if logits is not None else _eval_logits(og, data.v)
     return torch.sort(_margin(z, data.v[2])).values
 
 
@@ -400,31 +459,147 @@ def _margin(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return zy - other
 
 
-def margin_match(z_f: torch.Tensor, y_f: torch.Tensor, unseen: torch.Tensor) -> torch.Tensor:
+def margin_targets(unseen: torch.Tensor, b: int, dtype: torch.dtype) -> torch.Tensor:
+    """The targets of ``margin_match`` for a batch of ``b`` rows: ``Q((i - 1/2) / b)``, the
+    empirical quantile function of the sorted margins ``unseen`` (non-empty) at the batch's
+    plotting positions. They depend only on ``b``, so a run computes them once per size."""
+    pos = ((torch.arange(b, dtype=torch.float64) + 0.5) / b * unseen.numel()).long()
+    return unseen[pos.clamp(max=unseen.numel() - 1).to(unseen.device)].to(dtype)
+
+
+class _MarginTargets:
+    """``margin_targets`` of one run's ``unseen`` margins, memoised by batch size."""
+
+    def __init__(self, unseen: torch.Tensor) -> None:
+        self.unseen = unseen
+        self._by_size: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+
+    def __call__(self, b: int, dtype: torch.dtype) -> torch.Tensor | None:
+        if self.unseen.numel() == 0:
+            return None
+        key = (b, dtype)
+        if key not in self._by_size:
+            self._by_size[key] = margin_targets(self.unseen, b, dtype)
+        return self._by_size[key]
+
+
+def margin_match(
+    z_f: torch.Tensor, y_f: torch.Tensor, unseen: torch.Tensor, tgt: torch.Tensor | None = None
+) -> torch.Tensor:
     """Forget-side matching (an extension): the squared 1-D optimal-transport distance between
     the forget batch's logit margins and the sorted margins ``unseen`` of held-out rows,
     ``mean_i (phi_(i) - Q((i - 1/2) / B))^2`` over the sorted batch margins ``phi_(i)`` and
     the empirical quantile function ``Q`` of ``unseen``. Zero when the forget rows' margins are
     distributed as unseen rows' are; it lowers memorised margins without pushing them past
-    what unseen data shows (unlike gradient ascent)."""
+    what unseen data shows (unlike gradient ascent). ``tgt``: the targets
+    ``margin_targets(unseen, len(z_f), z_f.dtype)`` when already computed."""
     if unseen.numel() == 0:
         return z_f.sum() * 0.0
     phi = torch.sort(_margin(z_f, y_f)).values
-    b = phi.shape[0]
-    pos = ((torch.arange(b, dtype=torch.float64) + 0.5) / b * unseen.numel()).long()
-    tgt = unseen[pos.clamp(max=unseen.numel() - 1).to(unseen.device)].to(phi.dtype)
+    if tgt is None:
+        tgt = margin_targets(unseen, phi.shape[0], phi.dtype)
     return ((phi - tgt) ** 2).mean()
 
 
-def _retain_kl(
-    ul: FusionNet, og: FusionNet, h_r: torch.Tensor, og_h_r: torch.Tensor
-) -> torch.Tensor:
-    """``KL(p_og || p_ul)`` on a retain batch (``h_r`` / ``og_h_r``: ``ul``'s and ``og``'s
-    fused retain representations, both models in eval mode, so ``head(h)`` is the model's
-    output): keeps the retain rows' outputs where the original had them."""
-    with torch.no_grad():
-        t = F.log_softmax(og.head(og_h_r), dim=1)
-    return F.kl_div(F.log_softmax(ul.head(h_r), dim=1), t, log_target=True, reduction="batchmean")
+def _head_logits(
+    ul: FusionNet, keep: Mapping[str, torch.Tensor], forget: bool, retain: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``ul``'s logits ``(z_f, z_r)`` on a step's forget and retain rows from the fused
+    representations the losses kept (``ul`` in eval mode: ``head(h_r)`` is exactly
+    ``ul(xi_r, xt_r)``), each only where wanted (else ``None``); both from one head pass over
+    the stacked ``h = [h_f; h_r]``."""
+    if forget and retain:
+        z = ul.head(keep["h"])
+        nf = keep["h_f"].shape[0]
+        return z[:nf], z[nf:]
+    return (
+        ul.head(keep["h_f"]) if forget else None,
+        ul.head(keep["h_r"]) if retain else None,
+    )
+
+
+def _retain_kl(z_r: torch.Tensor, og_logp_r: torch.Tensor) -> torch.Tensor:
+    """``KL(p_og || p_ul)`` on a retain batch (``z_r``: ``ul``'s logits, ``og_logp_r``: ``og``'s
+    log-probabilities, both models in eval mode): keeps the retain rows' outputs where the
+    original had them."""
+    return F.kl_div(F.log_softmax(z_r, dim=1), og_logp_r, log_target=True, reduction="batchmean")
+
+
+@torch.no_grad()
+def _og_logp(og: FusionNet, og_h: torch.Tensor) -> torch.Tensor:
+    """``og``'s log-probabilities from its fused representations ``og_h`` (eval mode)."""
+    return F.log_softmax(og.head(og_h), dim=1)
+
+
+def _frozen_part(og: FusionNet, part: tuple[torch.Tensor, ...], visits: int) -> Frozen | None:
+    """``og``'s ``Frozen`` outputs on every row of ``part``, computed once, when a run's batches
+    look at at least as many rows (``visits``) as ``part`` holds; ``None`` otherwise (then
+    ``og`` runs on each batch, which costs fewer rows). ``og`` is frozen and in eval mode, so a
+    row's outputs are the same in every step (up to the float rounding of the batch size)."""
+    n = part[0].shape[0]
+    if n == 0 or visits < n:
+        return None
+    return frozen(og, part[0], part[1])
+
+
+class _Extensions:
+    """The three extension terms of Forget-MI and MultiDelete in one step,
+
+        ``w_ce * CE(z_r, y_r) + w_kl * KL(p_og || p_ul) on the retain rows
+        + _row_weight(w_fm, ...) * margin_match(z_f, y_f, unseen)``,
+
+    from the fused representations the losses kept. What does not change within a run is
+    computed once: ``og``'s retain log-probabilities (from ``og_r``, when the run precomputed
+    ``og``'s retain outputs) and the margin targets per forget-batch size. ``ul`` is in eval
+    mode, so ``head(h)`` is exactly ``ul``'s output; one head pass over the stacked
+    ``[h_f; h_r]`` gives both sides' logits, and one ``z_r`` serves the cross-entropy and the
+    distillation."""
+
+    def __init__(
+        self,
+        og: FusionNet,
+        og_r: Frozen | None,
+        unseen: torch.Tensor,
+        w_ce: float,
+        w_kl: float,
+        w_fm: float,
+        batch_size: int,
+        forget_passes: float,
+    ) -> None:
+        self.og = og
+        self.og_lp_r = _og_logp(og, og_r.h) if og_r is not None and w_kl > 0 else None
+        self.unseen = unseen
+        self.tgt = _MarginTargets(unseen)
+        self.w_ce, self.w_kl, self.w_fm = w_ce, w_kl, w_fm
+        self.batch_size, self.forget_passes = batch_size, forget_passes
+
+    def add(
+        self,
+        loss: torch.Tensor,
+        ul: FusionNet,
+        keep: Mapping[str, torch.Tensor],
+        rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """``loss`` plus the step's extension terms (in the order above; ``loss`` itself when
+        every weight is 0). ``rows``: the forget labels, the retain labels and the retain
+        batch's row indices."""
+        y_f, y_r, b_r = rows
+        z_f, z_r = _head_logits(ul, keep, self.w_fm > 0, self.w_ce > 0 or self.w_kl > 0)
+        out = loss
+        if z_r is not None and self.w_ce > 0:
+            out = out + self.w_ce * F.cross_entropy(z_r, y_r)
+        if z_r is not None and self.w_kl > 0:
+            lp = (
+                self.og_lp_r.index_select(0, b_r)
+                if self.og_lp_r is not None
+                else _og_logp(self.og, keep["og_h_r"])
+            )
+            out = out + self.w_kl * _retain_kl(z_r, lp)
+        if z_f is not None:
+            b = z_f.shape[0]
+            fm = margin_match(z_f, y_f, self.unseen, self.tgt(b, z_f.dtype))
+            out = out + _row_weight(self.w_fm, b, self.batch_size, self.forget_passes) * fm
+        return out
 
 
 def _schedule(
@@ -527,7 +702,7 @@ def forget_mi(
     og, ul, dev = _start(orig, device, seed)
     data = _Data(feats, dev, seed)
     stop = Stopper(c.early_stop, og, data, c.auc_gap, c.max_val_drop, c.val_weight, c.patience)
-    unseen = unseen_margins(og, data)
+    unseen = unseen_margins(og, data, stop.og_val_logits)
     target = stop.target_loss
     noise_std = c.noise_std
     if c.use_noise and c.calibrate:
@@ -538,44 +713,47 @@ def forget_mi(
                 p.add_(
                     c.init_noise * (float(p.std()) if p.numel() > 1 else 1.0) * torch.randn_like(p)
                 )
-    weights = c.weights
+    weights = normalise_weights({k: c.weights.get(k, 0.0) for k in FORGETMI_TERMS})
     opt = _adamw(ul.parameters(), c.lr)
     budget = _budget(orig, data, c.steps, c.step_share)
     bf = _forget_batch(data, c.batch_size, budget, c.forget_passes)
     epochs, planned = _plan(data, bf, c.epochs, budget)
     sched = _schedule(opt, c.schedule, planned)
     ul.eval()  # no dropout: the distances compare deterministic embeddings
-    last: dict[str, float] = {}
+    rb = c.retain_ratio * c.batch_size
+    # the original's retain-side outputs (and log-probabilities) once for the whole retain
+    # set; its forget-side targets are of fresh noisy inputs (or, without noise, of clean
+    # forget rows) and are computed per batch
+    og_r = _frozen_part(og, data.r, planned * rb)
+    ext = _Extensions(og, og_r, unseen, c.w_ce, c.w_kl, c.w_fm, c.batch_size, c.forget_passes)
+    last: dict[str, torch.Tensor] = {}
     steps = 0
     stopped = stop.start(ul)
     for _ in range(epochs):
         if stopped:
             break
-        for xi_f, xt_f, _y in data.batches(data.f, bf):
+        for b_f in data.batch_indices(data.f, bf):
             if steps >= planned:
                 stopped = True
                 break
             steps += 1
-            xi_r, xt_r, y_r = data.sample(data.r, c.retain_ratio * c.batch_size)
+            xi_f, xt_f, y_f = _rows(data.f, b_f)
+            b_r = data.sample_indices(data.r, rb)
+            xi_r, xt_r, y_r = _rows(data.r, b_r)
             if c.use_noise:
                 xi_n, xt_n = perturb(xi_f, xt_f, c.noise_mean, noise_std, c.text_noise, data.gen)
             else:
                 xi_n, xt_n = xi_f, xt_f
             keep: dict[str, torch.Tensor] = {}
-            d = forgetmi_losses(ul, og, xi_f, xt_f, xi_n, xt_n, xi_r, xt_r, keep)
-            loss = forgetmi_objective(d, weights, c.use_noise, c.margin)
-            if c.w_ce > 0:  # ul is in eval mode: head(h_r) is exactly ul(xi_r, xt_r)
-                loss = loss + c.w_ce * F.cross_entropy(ul.head(keep["h_r"]), y_r)
-            if c.w_kl > 0:
-                loss = loss + c.w_kl * _retain_kl(ul, og, keep["h_r"], keep["og_h_r"])
-            if c.w_fm > 0:
-                fm = margin_match(ul.head(keep["h_f"]), _y, unseen)
-                loss = loss + _row_weight(c.w_fm, xi_f.shape[0], c.batch_size, c.forget_passes) * fm
-            last = {k: float(v.detach()) for k, v in d.items()}
+            og_rb = og_r.rows(b_r) if og_r is not None else None
+            d = forgetmi_losses(ul, og, xi_f, xt_f, xi_n, xt_n, xi_r, xt_r, keep, og_rb)
+            loss = forgetmi_objective(d, weights, c.use_noise, c.margin, normalised=True)
+            loss = ext.add(loss, ul, keep, (y_f, y_r, b_r))
+            last = {k: v.detach() for k, v in d.items()}
             if stopped := stop.step(ul, loss, opt, sched):
                 break
     stop.finish(ul)
-    info = {f"d_{k}": v for k, v in last.items()}
+    info = {f"d_{k}": float(v) for k, v in last.items()}
     return _done(
         ul,
         t0,
@@ -652,40 +830,55 @@ def multidelete(
     og, ul, dev = _start(orig, device, seed)
     data = _Data(feats, dev, seed)
     stop = Stopper(c.early_stop, og, data, c.auc_gap, c.max_val_drop, c.val_weight, c.patience)
-    unseen = unseen_margins(og, data)
+    unseen = unseen_margins(og, data, stop.og_val_logits)
     opt = _adamw(ul.parameters(), c.lr)
     budget = _budget(orig, data, c.steps, c.step_share)
     bf = _forget_batch(data, c.batch_size, budget, c.forget_passes)
     epochs, planned = _plan(data, bf, c.epochs, budget)
     sched = _schedule(opt, "cosine", planned)
     ul.eval()
-    last: dict[str, float] = {}
+    rb = c.retain_ratio * c.batch_size
+    # the original's outputs on clean forget and retain rows never change: once per run
+    og_f = _frozen_part(og, data.f, planned * bf)
+    og_r = _frozen_part(og, data.r, planned * rb)
+    ext = _Extensions(og, og_r, unseen, c.w_ce, c.w_kl, c.w_fm, c.batch_size, c.forget_passes)
+    last: dict[str, torch.Tensor] = {}
     steps = 0
     stopped = stop.start(ul)
     for _ in range(epochs):
         if stopped:
             break
-        for xi_f, xt_f, y_f in data.batches(data.f, bf):
+        for b_f in data.batch_indices(data.f, bf):
             if steps >= planned:
                 stopped = True
                 break
             steps += 1
-            xi_r, xt_r, y_r = data.sample(data.r, c.retain_ratio * c.batch_size)
+            xi_f, xt_f, y_f = _rows(data.f, b_f)
+            b_r = data.sample_indices(data.r, rb)
+            xi_r, xt_r, y_r = _rows(data.r, b_r)
             keep: dict[str, torch.Tensor] = {}
-            d = multidelete_losses(ul, og, xi_f, xt_f, xi_r, xt_r, c.unimodal, c.decouple, keep)
+            d = multidelete_losses(
+                ul,
+                og,
+                xi_f,
+                xt_f,
+                xi_r,
+                xt_r,
+                c.unimodal,
+                c.decouple,
+                keep,
+                (
+                    og_f.rows(b_f) if og_f is not None else None,
+                    og_r.rows(b_r) if og_r is not None else None,
+                ),
+            )
             loss = d["md"] + c.alpha * d["mkr"] + c.beta * d["ukr"]
-            if c.w_ce > 0:  # ul is in eval mode: head(h_r) is exactly ul(xi_r, xt_r)
-                loss = loss + c.w_ce * F.cross_entropy(ul.head(keep["h_r"]), y_r)
-            if c.w_kl > 0:
-                loss = loss + c.w_kl * _retain_kl(ul, og, keep["h_r"], keep["og_h_r"])
-            if c.w_fm > 0:
-                fm = margin_match(ul.head(keep["h_f"]), y_f, unseen)
-                loss = loss + _row_weight(c.w_fm, xi_f.shape[0], c.batch_size, c.forget_passes) * fm
-            last = {k: float(v.detach()) for k, v in d.items()}
+            loss = ext.add(loss, ul, keep, (y_f, y_r, b_r))
+            last = {k: v.detach() for k, v in d.items()}
             if stopped := stop.step(ul, loss, opt, sched):
                 break
     stop.finish(ul)
-    info = {f"loss_{k}": v for k, v in last.items()}
+    info = {f"loss_{k}": float(v) for k, v in last.items()}
     return _done(
         ul,
         t0,

@@ -640,7 +640,7 @@ def make_pipeline(
     def fingerprint() -> str:
         return f"{load_data(source, label).fingerprint}|forget={forget_fraction!r}|label={label}"
 
-    version = f"{method}.7"
+    version = f"{method}.8"
     f_space, t_space = FEATURIZE_SPACE, TRAIN_SPACE
     if not tune_upstream:
         f_space = {k: Categorical([v]) for k, v in FEATURIZE_DEFAULTS.items()}

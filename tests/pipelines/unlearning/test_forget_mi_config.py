@@ -25,8 +25,8 @@ from pipelines.unlearning.pipelines import UNLEARN_DEFAULTS, UNLEARN_SPACES, mak
 KEYS_DIABETES = [
     "be918b67b02cb2a100fa6e2f4d1ffd1c",
     "a5dfc8cc9f55f273804a81e3c36e3910",
-    "ad6f74339d16b8d31d099dbf82a403f8",
-    "03ec0ed5fba28ab96911f23a2dbd14db",
+    "bf3f2b9e7af16391f56f17c731892bc8",
+    "036cb20a258176e65cad6446d52e6c22",
 ]
 # the defaults of the former keyword arguments
 OLD_DEFAULTS = {

@@ -62,15 +62,15 @@ def test_multidelete_visits_every_forget_row_passes_times(
     orig, f = setup
     n_f = len(f.split.forget)
     seen: list[int] = []
-    batches = methods._Data.batches
+    batch_indices = methods._Data.batch_indices
 
     def spy(self: Any, part: Any, bs: int) -> Any:
-        for b in batches(self, part, bs):
+        for b in batch_indices(self, part, bs):
             if part is self.f:
-                seen.append(b[0].shape[0])
+                seen.append(b.shape[0])
             yield b
 
-    monkeypatch.setattr(methods._Data, "batches", spy)
+    monkeypatch.setattr(methods._Data, "batch_indices", spy)
     c = MultiDeleteConfig(steps=8, batch_size=2, forget_passes=3.0, w_fm=1.0)
     out = multidelete(orig, f, 0, "cpu", c)
     assert out.info["steps"] == 8
