@@ -1,7 +1,8 @@
 """A two-stage pipeline whose last stage waits for a gate file: trials stay RUNNING until the
 test opens the gate, so "kill it mid-trial" is deterministic (no timing assumptions).
 
-The gate is the file named by ``$EEIPU_TEST_GATE``; without it the stage does not wait.
+The gate is the file named by ``$EEIPU_TEST_GATE``; without it the stage does not wait. A
+stage that finds the gate closed creates ``$EEIPU_TEST_GATE.blocked`` before it waits.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ def _prep(parent: Any, a: float) -> Cost:
 def _fit(parent: Any, b: float) -> Cost:
     gate = os.environ.get("EEIPU_TEST_GATE")
     deadline = time.monotonic() + 120
+    if gate and not os.path.exists(gate):
+        with open(gate + ".blocked", "w"):  # tells the test this trial waits at the gate
+            pass
     while gate and not os.path.exists(gate) and time.monotonic() < deadline:
         time.sleep(0.02)
     return Cost({"value": -((parent["a"] - 0.3) ** 2) - (b - 0.7) ** 2}, seconds=2.0)

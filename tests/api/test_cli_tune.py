@@ -132,7 +132,8 @@ def test_interrupted_tune_stops_the_study_and_prints_the_best_so_far(
 
         _wait(lambda: (s := study()) is not None and s.n_complete >= 2, proc)
         gate.unlink()  # closed: the next trial blocks in its last stage
-        _wait(lambda: store.trial_counts(study().id)[TrialState.RUNNING] == 1, proc)
+        # wait for a trial blocked at the gate (one already past it may still be finishing)
+        _wait(lambda: (tmp_path / "gate.blocked").exists(), proc)
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == code, err.decode()
