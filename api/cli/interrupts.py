@@ -45,10 +45,11 @@ class Interrupts:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         again = self.pending is not None
-        self.pending = signum if self.pending is None else self.pending
+        if not again:
+            self.pending = signum
         self.stop.set()
         if self._depth > 0 or again:
-            raise _exception_for(self.pending)
+            self.check()
 
     def install(self) -> None:
         """Handle SIGINT and SIGTERM (main thread only, as Python's signals require)."""

@@ -908,15 +908,15 @@ class SQLTrialStore(TrialStore):
     ) -> Trial | None:
         if not isinstance(worker, str) or not worker or len(worker) > 200:
             raise InvalidRequest("a claim needs a worker id of 1..200 chars", "invalid_worker")
-        modes = None if modes is None else list(modes)
+        chosen = None if modes is None else list(modes)
         probe, claim = _claim_statements(
-            study_id is not None, None if modes is None else len(modes)
+            study_id is not None, None if chosen is None else len(chosen)
         )
         now = time.time()  # also the claim's mark: a retry finds a claim that committed
         binds: dict[str, Any] = {"claim_worker": worker, "claim_now": now}
         if study_id is not None:
             binds["claim_study"] = study_id
-        binds.update({f"claim_mode_{i}": m for i, m in enumerate(modes or ())})
+        binds.update({f"claim_mode_{i}": m for i, m in enumerate(chosen or ())})
 
         def go(retry: bool) -> Trial | None:
             if retry:
