@@ -154,6 +154,21 @@ def _register_optimizers(sub: Any) -> None:
         "cache starts with them",
     )
     p.add_argument(
+        "--retrains",
+        type=int,
+        default=None,
+        metavar="N",
+        help="unlearning pipelines: retrained models of the pass bands (>= 2; default 8); "
+        "with --references, what one train stage run costs",
+    )
+    p.add_argument(
+        "--references",
+        type=int,
+        default=None,
+        metavar="N",
+        help="unlearning pipelines: LiRA reference models (>= 2; default 32)",
+    )
+    p.add_argument(
         "--report",
         default=None,
         help="also write the results as the section 'Real pipelines' of this markdown file "
@@ -227,6 +242,8 @@ def run_optimizers(args: argparse.Namespace) -> int:
             count_proposal_time=True if args.count_proposal_time else None,
             warm_cache=args.warm_cache,
             fix=tuple(args.fix or ()),
+            retrains=args.retrains,
+            references=args.references,
         ),
     )
     res["notes"] = notes
@@ -264,6 +281,8 @@ def _optimizers_command(args: argparse.Namespace, pipelines: list[str]) -> str:
         "--holdout-seeds": (args.holdout_seeds, 0),
         "--holdout-metric": (args.holdout_metric, "retrain_score"),
         "--gp-options": (args.gp_options, None),
+        "--retrains": (args.retrains, None),
+        "--references": (args.references, None),
     }
     for k, (v, default) in values.items():
         if v != default:

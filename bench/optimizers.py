@@ -37,6 +37,7 @@ import csv
 import inspect
 import json
 import math
+import multiprocessing as mp
 import os
 import random
 import shutil
@@ -135,6 +136,9 @@ class RealOptions:
             budgets pay only for what the optimizers choose.
         upstream: ``{pipeline: cache directory}`` of those pre-computed stages (filled by
             ``run_benchmark``).
+        retrains: the unlearning pipelines' retrained ensemble size (``None``: their
+            default); with ``references`` (LiRA reference models), what the train stage
+            trains besides the original and retrained models, so what one train run costs.
     """
 
     run_seed: int | None = None
@@ -145,14 +149,43 @@ class RealOptions:
     fix: tuple[str, ...] = ()
     upstream: Mapping[str, str] = field(default_factory=dict)
     holdout_cache: str | None = None
+    retrains: int | None = None
+    references: int | None = None
+
+
+_built: dict[tuple[str, int | None, int | None], Any] = {}
+
+
+def _base_pipeline(name: str, real: RealOptions) -> Any:
+    """``name`` from the registry, or an unlearning pipeline with ``real``'s train sizes."""
+    from pipelines import get_pipeline
+    from pipelines.unlearning.names import METHOD_NAMES
+
+    if real.retrains is None and real.references is None:
+        return get_pipeline(name)
+    if name not in METHOD_NAMES:
+        raise ValueError(f"--retrains and --references apply to unlearning pipelines, not {name!r}")
+    key = (name, real.retrains, real.references)
+    if key not in _built:
+        from pipelines.unlearning.pipelines import (
+            DEFAULT_REFERENCES,
+            DEFAULT_RETRAINS,
+            make_pipeline,
+        )
+
+        _built[key] = make_pipeline(
+            name,
+            n_retrains=DEFAULT_RETRAINS if real.retrains is None else real.retrains,
+            n_references=DEFAULT_REFERENCES if real.references is None else real.references,
+        )
+    return _built[key]
 
 
 def bench_pipeline(name: str, real: RealOptions) -> Any:
     """The pipeline ``name`` with ``real.fix`` applied (single-choice fixed parameters)."""
     from api.cli.tune import parse_fixed, watched_pipeline
-    from pipelines import get_pipeline
 
-    pipe = get_pipeline(name)
+    pipe = _base_pipeline(name, real)
     if not real.fix:
         return pipe
     return watched_pipeline(pipe, parse_fixed(pipe, real.fix), None)
@@ -677,7 +710,6 @@ def run_benchmark(
     seed, scenario, budget and ``max_trials``) are kept and not run again.
     """
     from bench import plots
-    from pipelines import get_pipeline
 
     for p in pipelines:  # bad options fail here, before any run starts
         space = bench_pipeline(p, real).space
@@ -690,7 +722,8 @@ def run_benchmark(
             raise ValueError("this version of api.tuning.tune cannot count proposal time")
     out_dir.mkdir(parents=True, exist_ok=True)
     budgets = {
-        p: budget if budget is not None else default_budget(get_pipeline(p)) for p in pipelines
+        p: budget if budget is not None else default_budget(_base_pipeline(p, real))
+        for p in pipelines
     }
     t0 = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix="eeipu-bench-shared-"))
@@ -711,6 +744,8 @@ def run_benchmark(
         "load": load_summary(runs),
         "upstream": upstream_info,
         "fix": list(real.fix),
+        "retrains": real.retrains,
+        "references": real.references,
     }
     lines = ["# Optimizer benchmark", ""]
     cap = f", at most {max_trials} trials per run" if max_trials is not None else ""
@@ -822,6 +857,14 @@ def _resumed_runs(
     return runs, todo
 
 
+def _worker_init(threads: int) -> None:
+    """A worker's torch uses its share of the cores: with each worker on every core, the
+    workers' thread pools fight (measured: a 7 s trial took 35 s with two workers on 2 cores)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def _execute(
     tasks: Sequence[_Task], runs: list[dict[str, Any]], out_dir: Path, execution: Execution
 ) -> None:
@@ -835,7 +878,15 @@ def _execute(
             _checkpoint(out_dir, r)
 
     if execution.jobs > 1:
-        with ProcessPoolExecutor(execution.jobs) as ex:
+        # spawned, not forked: the parent has run torch (the fixed upstream), and a forked
+        # child's first torch operation can then wait forever on the parent's thread pool
+        threads = max(1, (os.cpu_count() or 1) // execution.jobs)
+        with ProcessPoolExecutor(
+            execution.jobs,
+            mp_context=mp.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(threads,),
+        ) as ex:
             for f in [ex.submit(run_task, t) for t in tasks]:
                 keep(f.result())
     else:
@@ -1081,6 +1132,15 @@ def write_report(result: Mapping[str, Any], path: Path, command: str) -> None:
             f"fixed whole were computed once ({ups}; a pipeline sharing them with an earlier "
             "one reuses them) and are in no run's budget: every run tunes the stages after "
             "them, fed their output.",
+            "",
+        ]
+    if result.get("retrains") is not None or result.get("references") is not None:
+        e, k = result.get("retrains"), result.get("references")
+        head += [
+            "Train stage: the original model, the retrained ensemble of "
+            f"{e if e is not None else 8} and {k if k is not None else 32} LiRA reference "
+            "models per train run (the pipelines' defaults: 8 and 32), so that the benchmark "
+            "fits its hour; the pass bands and LiRA scores are coarser for it.",
             "",
         ]
     misses = shortfalls(result)

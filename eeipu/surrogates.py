@@ -5,7 +5,9 @@ its kernel is stage-additive by default (one RBF term per stage plus one over al
 dimensions, each with its own scale). The cost GPs model ``log C``, one per stage (EIPU,
 EEIPU) or one on the total (CArBO), with a least-squares linear prior mean and one RBF term
 per parameter plus one over all of them, so a cost driven by one parameter is not forgotten
-where another, which only wiggles the cost, takes unseen values. Hyperparameters are kept
+where another, which only wiggles the cost, takes unseen values (a stage of more than
+``MAX_COST_TERMS`` parameters gets one ARD RBF kernel instead: fitting 26 terms made a
+proposal on the unlearning pipelines take 7-10 s at 5 observations). Hyperparameters are kept
 between proposals (``FitState``) and refitted when the data grew by ``refit_fraction``.
 """
 
@@ -22,9 +24,10 @@ from eeipu.base import Observation, Pending, mean_cost_after
 from eeipu.models import DTYPE, FitState, SurrogateGP, data_subset, fit_surrogate
 from eeipu.space import SearchSpace
 
-__all__ = ["COST_FLOOR", "CostModels", "Surrogates", "mean_of_duplicates"]
+__all__ = ["COST_FLOOR", "MAX_COST_TERMS", "CostModels", "Surrogates", "mean_of_duplicates"]
 
 COST_FLOOR = 1e-6  # seconds: the least stage cost whose log the cost GPs see
+MAX_COST_TERMS = 8  # most per-parameter kernel terms of a cost GP
 
 # Each cost GP with the columns of the encoded configuration it reads.
 CostModels = list[tuple[SurrogateGP, slice]]
@@ -160,15 +163,15 @@ class Surrogates:
 
     def param_groups(self, stage: str | None) -> list[list[int]] | None:
         """Columns of each parameter of ``stage`` (of all stages: ``None``), relative to the
-        stage's slice: the cost GP's additive kernel terms; ``None`` (one RBF kernel) for a
-        single parameter."""
+        stage's slice: the cost GP's additive kernel terms; ``None`` (one ARD RBF kernel) for
+        a single parameter or more than ``MAX_COST_TERMS``."""
         start = 0 if stage is None else self.space.stage_slices[stage].start
         groups = [
             list(range(sp.offset - start, sp.offset - start + sp.param.dims))
             for sp in self.space.specs
             if (stage is None or sp.stage == stage) and sp.param.dims > 0
         ]
-        return groups if len(groups) > 1 else None
+        return groups if 1 < len(groups) <= MAX_COST_TERMS else None
 
     def pending_cost(
         self, history: Sequence[Observation], pending: Sequence[Pending], costs: CostModels

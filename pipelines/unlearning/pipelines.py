@@ -57,6 +57,8 @@ from pipelines.unlearning.verdict import BAND_METRICS
 
 __all__ = [
     "DEFAULT_FORGET_FRACTION",
+    "DEFAULT_REFERENCES",
+    "DEFAULT_RETRAINS",
     "METHOD_NAMES",
     "UnlearningPipeline",
     "default_params",
@@ -482,6 +484,10 @@ def _seed(seed: int | None) -> int:
     return 0 if seed is None else int(seed)
 
 
+DEFAULT_RETRAINS = 8  # retrained models of the pass bands
+DEFAULT_REFERENCES = 32  # LiRA reference models
+
+
 def make_pipeline(
     method: str,
     forget_fraction: float = DEFAULT_FORGET_FRACTION,
@@ -489,8 +495,8 @@ def make_pipeline(
     label: str = "abnormal",
     device: str | None = None,
     tune_upstream: bool = True,
-    n_retrains: int = 8,
-    n_references: int = 32,
+    n_retrains: int = DEFAULT_RETRAINS,
+    n_references: int = DEFAULT_REFERENCES,
     forgetting_runs: int = 0,
 ) -> UnlearningPipeline:
     """Build one method's pipeline (lazy: the data loads on the first run or fingerprint).

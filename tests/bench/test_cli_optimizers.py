@@ -153,3 +153,34 @@ def test_bench_optimizers_fix_and_holdout_errors_exit_2(tmp_path: Path) -> None:
     assert main([*base, "--fix", "nope.x=1"]) == 2
     assert main([*base, "--holdout-seeds", "-1"]) == 2
     assert main([*base, "--pipeline", "synthetic-3stage-flat"]) == 2
+
+
+def test_bench_optimizers_jobs_spawn_workers_with_the_same_results(tmp_path: Path) -> None:
+    """--jobs runs in spawned processes (a forked child of a parent that ran torch can hang
+    in its first torch call); declared costs make the runs identical to --jobs 1."""
+    base = ["bench", "optimizers", "--pipeline", "synthetic-3stage", "--seeds", "2"]
+    base += ["--budget", "400", "--optimizers", "random", "--no-tpe", "--n-warmup", "2"]
+    values = []
+    for jobs in ("1", "2"):
+        out = tmp_path / jobs
+        assert main([*base, "--jobs", jobs, "--out", str(out)]) == 0
+        runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+        values.append(sorted((r["seed"], [row["value"] for row in r["rows"]]) for r in runs))
+    assert len(values[0]) == 2 and all(len(v) > 1 for _, v in values[0])
+    assert values[0] == values[1]
+
+
+def test_bench_train_sizes_build_the_unlearning_pipeline_and_reject_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.optimizers import RealOptions, bench_pipeline
+
+    pipe = bench_pipeline("multidelete", RealOptions(retrains=2, references=4))
+    assert pipe.stages[1].name == "train" and pipe.stages[1].version.endswith(".e2.k4")
+    assert bench_pipeline("multidelete", RealOptions()).stages[1].version.endswith(".e8.k32")
+    base = ["bench", "optimizers", "--seeds", "1", "--optimizers", "random", "--no-tpe"]
+    base += ["--out", str(tmp_path)]
+    assert main([*base, "--pipeline", "synthetic-3stage", "--retrains", "2"]) == 2
+    assert "apply to unlearning pipelines" in capsys.readouterr().err
+    assert main([*base, "--pipeline", "multidelete", "--references", "1"]) == 2
+    assert "n_references must be >= 2" in capsys.readouterr().err

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import pytest
 
-from eeipu.base import BudgetState, CachedPrefix, Pending, prefix_id
+from eeipu.base import BudgetState, CachedPrefix, Observation, Pending, prefix_id
 from eeipu.bo import EEIPU
 from eeipu.registry import make_optimizer
 from eeipu.space import SearchSpace
@@ -229,6 +230,32 @@ def test_cost_gps_have_one_kernel_term_per_parameter(space: SearchSpace) -> None
     models = surrogates.costs(toy_history(space, 12))
     kern = models[0][0].model.covar_module  # type: ignore[union-attr]
     assert isinstance(kern, AdditiveKernel) and len(kern.kernels) == 3  # a, n, and both
+
+
+def test_a_stage_of_many_parameters_gets_one_ard_cost_kernel() -> None:
+    from gpytorch.kernels import AdditiveKernel, ScaleKernel
+
+    from eeipu.space import Float
+    from eeipu.surrogates import MAX_COST_TERMS
+
+    wide = {f"w{i}": Float(0.0, 1.0) for i in range(MAX_COST_TERMS + 1)}
+    edge = {f"e{i}": Float(0.0, 1.0) for i in range(MAX_COST_TERMS)}
+    space = SearchSpace([("edge", edge), ("wide", wide)])
+    surrogates = _opt(space, "eipu").surrogates
+    assert surrogates.param_groups("edge") == [[i] for i in range(MAX_COST_TERMS)]
+    assert surrogates.param_groups("wide") is None  # fitting one term each is too slow
+    rng = random.Random(0)
+    history = []
+    for _ in range(6):
+        params = space.sample(rng)
+        u = space.encode(params)
+        costs = [1.0 + u[0], 2.0 + 3.0 * u[-1]]
+        history.append(Observation(params, -sum(u), costs, 0, sum(costs)))
+    models = surrogates.costs(history)
+    kerns = [gp.model.covar_module for gp, _ in models]  # type: ignore[union-attr]
+    assert isinstance(kerns[0], AdditiveKernel) and len(kerns[0].kernels) == MAX_COST_TERMS + 1
+    assert isinstance(kerns[1], ScaleKernel)
+    assert kerns[1].base_kernel.lengthscale.shape[-1] == MAX_COST_TERMS + 1  # ARD
 
 
 @pytest.mark.parametrize(
