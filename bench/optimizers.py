@@ -1135,11 +1135,14 @@ def write_report(result: Mapping[str, Any], path: Path, command: str) -> None:
             "",
         ]
     if result.get("retrains") is not None or result.get("references") is not None:
+        from pipelines.unlearning.pipelines import DEFAULT_REFERENCES, DEFAULT_RETRAINS
+
         e, k = result.get("retrains"), result.get("references")
         head += [
             "Train stage: the original model, the retrained ensemble of "
-            f"{e if e is not None else 8} and {k if k is not None else 32} LiRA reference "
-            "models per train run (the pipelines' defaults: 8 and 32), so that the benchmark "
+            f"{DEFAULT_RETRAINS if e is None else e} and {DEFAULT_REFERENCES if k is None else k} "
+            f"LiRA reference models per train run (the pipelines' defaults: {DEFAULT_RETRAINS} "
+            f"and {DEFAULT_REFERENCES}), so that the benchmark "
             "fits its hour; the pass bands and LiRA scores are coarser for it.",
             "",
         ]
