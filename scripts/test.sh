@@ -21,4 +21,7 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+# One torch thread per process: the suite's models are small, and on a loaded 2-core machine
+# a second thread only spins (a GP test took 3x as long with two).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
