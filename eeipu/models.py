@@ -31,23 +31,17 @@ from torch import Tensor
 __all__ = ["DTYPE", "FitState", "SurrogateGP", "data_subset", "fit_surrogate", "spread_rows"]
 
 DTYPE = torch.float64
-# A refit also starts from the default hyperparameters once the data grew by this fraction
-# since the last such start (a warm start alone is path-dependent, see ``fit_surrogate``).
-FRESH_GROWTH = 0.5
-FIT_MAXITER = 75  # L-BFGS-B iterations of one hyperparameter fit
 
 
 @dataclass
 class FitState:
-    """What is kept of a GP between asks: its hyperparameters, the data size they fit, and
-    the data size of the last fit that also started from the default hyperparameters."""
+    """What is kept of a GP between asks: its hyperparameters and the data size they fit."""
 
     n_fit: int = 0
     hypers: dict[str, list[float]] | None = None
-    n_fresh: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n_fit": self.n_fit, "hypers": self.hypers, "n_fresh": self.n_fresh}
+        return {"n_fit": self.n_fit, "hypers": self.hypers}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> FitState:
@@ -57,7 +51,6 @@ class FitState:
         return cls(
             n_fit=int(d.get("n_fit", 0)),
             hypers={k: [float(x) for x in v] for k, v in hypers.items()} if hypers else None,
-            n_fresh=int(d.get("n_fresh", 0)),
         )
 
 
@@ -336,12 +329,12 @@ def fit_surrogate(
     y: Tensor,
     state: FitState | None = None,
     refit_fraction: float = 0.1,
+    maxiter: int = 75,
     groups: Sequence[Sequence[int]] | None = None,
     mean: str = "constant",
     noise: float | None = None,
     fit_rows: Tensor | None = None,
     n_seen: int | None = None,
-    fresh_growth: float = FRESH_GROWTH,
 ) -> SurrogateGP:
     """Fit (or refresh) a GP on ``X`` (``n x d``) and targets ``y`` (``n``).
 
@@ -358,11 +351,8 @@ def fit_surrogate(
     from the data the GP predicts the worst seen value (De Ath et al. 2020: a pessimistic
     mean curbs EI's pull towards unexplored corners).
     ``noise``: the observation noise variance (standardised units), fixed; ``None``: learnt.
-    A refit starts from the previous hyperparameters, and also from the defaults (keeping the
-    fit with the higher marginal likelihood) on the first fit and whenever ``n`` grew by
-    ``fresh_growth`` since the last fit that did (``0``: every refit): the start from the
-    defaults takes most of a refit's time, and hyperparameters refined from the previous
-    ones seldom lose to it.
+    A refit starts from the previous hyperparameters AND from the defaults and keeps the
+    fit with the higher marginal likelihood.
     ``fit_rows``: the rows the hyperparameters are fitted on (``None``: all; the marginal
     likelihood's cost is cubic in their number); the GP is conditioned on every row.
     ``n_seen``: the data size the refit rule counts (``None``: ``n``), for a GP on a subset.
@@ -388,25 +378,23 @@ def fit_surrogate(
     Xf, Yf = (X[fit_rows], Y[fit_rows]) if need and fit_rows is not None else (X, Y)
     model = _build(Xf, Yf, state.hypers, groups, mean, trend, noise)
     if need:
-        # The previous fit (cheap to refine) and, now and then, the default initialisation.
+        # Two starts: the previous fit (cheap to refine) and the default initialisation.
         # A warm start alone is path-dependent: once a kernel term's scale has collapsed
         # its gradient vanishes and it never comes back, so the GP can stay stuck with a
         # stage switched off (seen on synthetic-3stage, where it then picked a 2,049 s
         # candidate and a fresh fit a 5 s one).
-        fresh = state.hypers is None or n_data >= state.n_fresh + max(
-            1, math.ceil(fresh_growth * state.n_fresh)
+        starts = (
+            [model]
+            if state.hypers is None
+            else [model, _build(Xf, Yf, None, groups, mean, trend, noise)]
         )
-        starts = [model]
-        if fresh and state.hypers is not None:
-            starts.append(_build(Xf, Yf, None, groups, mean, trend, noise))
-        fitted = [(_fit_mll(m, FIT_MAXITER), m) for m in starts]
+        fitted = [(_fit_mll(m, maxiter), m) for m in starts]
         best_mll, model = max(fitted, key=lambda t: t[0])
         if not math.isfinite(best_mll):  # every fit failed: keep the previous hyperparameters
             model = _build(Xf, Yf, state.hypers, groups, mean, trend, noise)
         state = FitState(
             n_fit=n_data,
             hypers={k: p.detach().reshape(-1).tolist() for k, p in model.named_parameters()},
-            n_fresh=n_data if fresh else state.n_fresh,
         )
         model.eval()
     if Xf is not X:  # fitted on a subset: conditioned on every row

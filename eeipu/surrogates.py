@@ -8,10 +8,7 @@ per parameter plus one over all of them, so a cost driven by one parameter is no
 where another, which only wiggles the cost, takes unseen values (a stage of more than
 ``MAX_COST_TERMS`` parameters gets one ARD RBF kernel instead: fitting 26 terms made a
 proposal on the unlearning pipelines take 7-10 s at 5 observations). Hyperparameters are kept
-between proposals (``FitState``) and refitted when the data grew by ``refit_fraction``; a
-cost GP's refit always also starts from the default hyperparameters, the objective GP's only
-once the data grew by ``FRESH_GROWTH`` (that start took most of a proposal's time at a few
-observations, and spacing it out for the cost GPs let one stay stuck on synthetic-3stage).
+between proposals (``FitState``) and refitted when the data grew by ``refit_fraction``.
 """
 
 from __future__ import annotations
@@ -24,14 +21,7 @@ from torch import Tensor
 
 from eeipu.acquisition import predicted_cost
 from eeipu.base import Observation, Pending, mean_cost_after
-from eeipu.models import (
-    DTYPE,
-    FRESH_GROWTH,
-    FitState,
-    SurrogateGP,
-    data_subset,
-    fit_surrogate,
-)
+from eeipu.models import DTYPE, FitState, SurrogateGP, data_subset, fit_surrogate
 from eeipu.space import SearchSpace
 
 __all__ = ["COST_FLOOR", "MAX_COST_TERMS", "CostModels", "Surrogates", "mean_of_duplicates"]
@@ -131,7 +121,6 @@ class Surrogates:
             noise=noise,
             fit_rows=fit_rows,
             n_seen=n_seen,
-            fresh_growth=FRESH_GROWTH if top else 0.0,
         )
         self.fits[name] = gp.state
         return gp

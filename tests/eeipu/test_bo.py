@@ -258,24 +258,6 @@ def test_a_stage_of_many_parameters_gets_one_ard_cost_kernel() -> None:
     assert kerns[1].base_kernel.lengthscale.shape[-1] == MAX_COST_TERMS + 1  # ARD
 
 
-def test_only_the_objective_gp_spaces_its_fresh_starts(space: SearchSpace) -> None:
-    import torch
-
-    surrogates = _opt(space).surrogates
-    hist = toy_history(space, 10)
-    X = torch.tensor([space.encode(o.params) for o in hist], dtype=torch.float64)
-    y = torch.tensor([float(o.value) for o in hist], dtype=torch.float64)
-    for m in range(4, 10):
-        surrogates.objective(X[:m], y[:m])
-        surrogates.costs(hist[:m])
-        # A cost GP's refits all also start from the defaults: with a warm start alone
-        # every few refits, one got stuck on synthetic-3stage and picked costly trials.
-        cost = surrogates.fits["cost_0"]
-        assert cost.n_fit == cost.n_fresh == m
-    objective = surrogates.fits["objective"]
-    assert objective.n_fit == 9 and objective.n_fresh == 9  # fresh at 4, 6 and 9 only
-
-
 @pytest.mark.parametrize(
     "kwargs",
     [

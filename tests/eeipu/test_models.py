@@ -24,19 +24,6 @@ def test_hyperparameters_refit_only_when_data_grew() -> None:
     assert gp3.state.n_fit == 33
 
 
-def test_refits_start_from_the_defaults_once_the_data_grew_by_half() -> None:
-    X, y = _data(12)
-    state = fit_surrogate(X[:4], y[:4]).state
-    assert state.n_fresh == 4  # the first fit starts from the defaults
-    fresh = []
-    for n in range(5, 12):
-        state = fit_surrogate(X[:n], y[:n], state).state
-        assert state.n_fit == n  # few points: every new one refits
-        fresh.append(state.n_fresh)
-    assert fresh == [4, 6, 6, 6, 9, 9, 9]  # 4 + ceil(4 / 2) = 6, then 6 + 3 = 9
-    assert FitState.from_dict(state.to_dict()) == state
-
-
 def test_state_round_trip_and_prediction_units() -> None:
     X, y = _data(20)
     gp = fit_surrogate(X, 100 + 10 * y)
