@@ -8,12 +8,13 @@ fixed mean, Gaussian noise, log-normal priors) the fitted objective is
 
 the quantity GPyTorch's ``ExactMarginalLogLikelihood`` computes (with its priors), over the
 same raw parameters (a positive hyperparameter is its constraint's softplus of a raw value,
-or the raw value itself within L-BFGS-B bounds), maximised by the same L-BFGS-B. At the sizes
-a tuning study fits (tens to a few hundred rows), GPyTorch's modules and lazy tensors cost
-about 8 ms per evaluation against well under 1 ms of arithmetic: on the unlearning pipelines
-a refit of the five GPs took 3-4 s of a proposal. Here every term is evaluated in one batched
-product and every prior in one vector operation. A kernel, mean, constraint or prior of
-another kind is fitted through GPyTorch as before (``fit_hypers`` returns ``None``).
+or the raw value itself within L-BFGS-B bounds), maximised by the same L-BFGS-B. At the
+sizes a tuning study fits (tens to a few hundred rows), GPyTorch's modules and lazy tensors
+cost far more per evaluation than the arithmetic, and on the unlearning pipelines the
+refits were most of a proposal's time (``docs/research.md``). Here every term is evaluated
+in one batched product and every prior in one vector operation. A kernel, mean, constraint
+or prior of another kind is fitted through GPyTorch as before (``fit_hypers`` returns
+``None``).
 """
 
 from __future__ import annotations
