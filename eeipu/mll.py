@@ -32,7 +32,7 @@ from gpytorch.priors import LogNormalPrior
 from scipy.optimize import minimize
 from torch import Tensor
 
-__all__ = ["MarginalLikelihood", "fit_hypers"]
+__all__ = ["MarginalLikelihood", "fit_hypers", "rbf_terms"]
 
 _LOG_2PI = math.log(2 * math.pi)
 _JITTER = (0.0, 1e-8, 1e-6, 1e-4)  # added to the diagonal when a Cholesky fails
@@ -125,7 +125,7 @@ class MarginalLikelihood:
         ls_index: list[int] = []  # the theta element of each scaled column's lengthscale
         term_of: list[int] = []  # the term each scaled column belongs to
         scale_index: list[int] = []  # per term: theta element of its scale (-1: none)
-        for t, (kern, scale_kern) in enumerate(_rbf_terms(model.covar_module)):
+        for t, (kern, scale_kern) in enumerate(rbf_terms(model.covar_module)):
             dims = (
                 list(range(X.shape[-1]))
                 if kern.active_dims is None
@@ -170,6 +170,7 @@ class MarginalLikelihood:
                 trainable += list(range(offset, offset + tensor.numel()))
         self.trainable = torch.tensor(trainable, dtype=torch.long)
         self.eye = torch.eye(self.n, dtype=X.dtype)
+        self._raw = self.theta()  # the fixed values between evaluations
 
     def theta(self) -> Tensor:
         """The model's current raw values, flattened in the layout's order."""
@@ -190,13 +191,12 @@ class MarginalLikelihood:
             for tensor, offset in zip(self.layout.tensors, self.layout.offsets, strict=True):
                 chunk = theta[offset : offset + tensor.numel()]
                 tensor.copy_(chunk.reshape(tensor.shape).to(tensor.dtype))
+        self._raw = theta
 
     def value(self, x: Tensor | None = None) -> Tensor:
         """``L`` at the trainable raw values ``x`` (``None``: the model's own).
         Differentiable in ``x``; ``-inf`` where no Cholesky succeeds."""
-        raw = self.theta()
-        if x is not None:
-            raw = raw.index_put((self.trainable,), x)
+        raw = self._raw if x is None else self._raw.index_put((self.trainable,), x)
         v = torch.where(self.softplus, torch.nn.functional.softplus(raw) + self.lower, raw)
         log_v = v[self.prior_index].log()
         z = (log_v - self.prior_loc) / self.prior_scale
@@ -233,14 +233,14 @@ class MarginalLikelihood:
         return float(-value.detach()), grad.numpy().astype(np.float64)
 
 
-def _rbf_terms(
+def rbf_terms(
     kern: Kernel, scale: ScaleKernel | None = None
 ) -> list[tuple[RBFKernel, ScaleKernel | None]]:
     """The kernel as a sum of (optionally scaled) RBF kernels; ``TypeError`` otherwise."""
     if isinstance(kern, AdditiveKernel):
-        return [t for k in kern.kernels for t in _rbf_terms(k, scale)]
+        return [t for k in kern.kernels for t in rbf_terms(k, scale)]
     if isinstance(kern, ScaleKernel) and scale is None:
-        return _rbf_terms(kern.base_kernel, kern)
+        return rbf_terms(kern.base_kernel, kern)
     if type(kern) is RBFKernel:
         return [(kern, scale)]
     raise TypeError(type(kern).__name__)

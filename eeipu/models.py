@@ -28,7 +28,7 @@ from gpytorch.mlls import ExactMarginalLogLikelihood
 from gpytorch.priors import LogNormalPrior
 from torch import Tensor
 
-from eeipu.mll import fit_hypers
+from eeipu.mll import fit_hypers, rbf_terms
 
 __all__ = ["DTYPE", "FitState", "SurrogateGP", "data_subset", "fit_surrogate", "spread_rows"]
 
@@ -156,20 +156,18 @@ _Term = tuple[Tensor | None, Tensor, Tensor]  # (active dims, lengthscales, scal
 
 def _rbf_terms(kern: Kernel, scale: Tensor) -> list[_Term] | None:
     """The kernel as a sum of scaled RBF terms (detached), or ``None`` for other kernels."""
-    if isinstance(kern, AdditiveKernel):
-        out: list[_Term] = []
-        for k in kern.kernels:
-            terms = _rbf_terms(k, scale)
-            if terms is None:
-                return None
-            out += terms
-        return out
-    if isinstance(kern, ScaleKernel):
-        return _rbf_terms(kern.base_kernel, scale * kern.outputscale.detach())
-    if isinstance(kern, RBFKernel):
-        dims = kern.active_dims
-        return [(dims, kern.lengthscale.detach().reshape(-1), scale)]
-    return None
+    try:
+        parts = rbf_terms(kern)
+    except TypeError:
+        return None
+    return [
+        (
+            rbf.active_dims,
+            rbf.lengthscale.detach().reshape(-1),
+            scale if sk is None else scale * sk.outputscale.detach(),
+        )
+        for rbf, sk in parts
+    ]
 
 
 def _terms_matrix(terms: list[_Term], x1: Tensor, x2: Tensor, diag: bool = False) -> Tensor:
