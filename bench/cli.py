@@ -332,6 +332,20 @@ def _register_unlearning(sub: Any) -> None:
         help="optimizer trials per tuned method and fraction (0: defaults only)",
     )
     p.add_argument("--optimizer", default="eeipu", help="optimizer used for tuning")
+    p.add_argument(
+        "--tune-objective",
+        choices=("band_objective", "objective"),
+        default="band_objective",
+        help="metric tuned on the tuning seeds: band_objective (retrained bands of the "
+        "calibration splits, with a time charge; default) or objective (retrain-free)",
+    )
+    p.add_argument(
+        "--tune-splits",
+        type=int,
+        default=4,
+        help="calibration splits each tuning trial is judged on, by their mean (1-16; "
+        "default 4); as many fresh ones re-rank the best trials",
+    )
     p.add_argument("--source", choices=("openi", "diabetes", "breast_cancer"), default="openi")
     p.add_argument(
         "--label",
@@ -359,7 +373,11 @@ def run_unlearning(args: argparse.Namespace) -> int:
         out_dir=args.out,
         methods=args.methods,
         tuning=TuningPlan(
-            methods=args.tune_methods, trials=args.tune_trials, optimizer=args.optimizer
+            methods=args.tune_methods,
+            trials=args.tune_trials,
+            optimizer=args.optimizer,
+            objective=args.tune_objective,
+            splits=args.tune_splits,
         ),
         cache=cache,
         data=DataSource(source=args.source, label=args.label, device=args.device),

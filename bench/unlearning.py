@@ -6,11 +6,16 @@ Protocol (kept honest on purpose):
   computed once per (forget fraction, seed) and reused by all eight methods;
 * evaluation seeds are ``0 .. seeds-1`` (each seed = a new split, forget set, training run and
   attack subsample);
-* tuned figures: the EEIPU optimizer searches the method's own hyperparameters on a separate
-  TUNING seed with the retrain-free default objective; the best ten trials and the embedded
-  defaults are re-ranked by the median minus half the robust spread (1.4826 x MAD) of their
-  objective over eight tuning seeds (1000-1007); the winner is then evaluated on the
-  evaluation seeds. The retrained model never guides the choice;
+* tuned figures: the EEIPU optimizer searches the method's own hyperparameters on
+  CALIBRATION splits (tuning seeds, each with its own patients, forget set and retrained
+  ensemble; never an evaluation seed). A trial is judged on ``TuningPlan.splits`` of them at
+  once (seeds 1000-1003: ``pipelines.replicate``, the mean over the splits), maximising
+  ``TuningPlan.objective``: by default ``band_objective``, the retrain-based ``band_score``
+  with a time charge (the calibration splits' retraining is a cached stage, paid once and
+  shared by every trial), or the retrain-free ``objective``. The best five trials and the
+  embedded defaults are then run on as many fresh calibration splits (1004-1007), and the
+  one with the best mean over all eight is evaluated on the evaluation seeds, whose
+  retrained models never guide the choice;
 * agreement of the retrain-free objective with the retrain-based score is the Spearman rank
   correlation over all trials (default runs and tuning trials);
 * pass bands: per split, the retrained ensemble's mean +- 2 sd (see
@@ -50,7 +55,6 @@ __all__ = [
     "modality_ablation",
     "objective_agreement",
     "rank_correlation",
-    "robust_score",
     "run_bench",
     "tolerance_checks",
     "tuning_gain",
@@ -91,8 +95,9 @@ BAND_TABLE = (
 CI_METRICS = (*BAND_METRICS, "forgetting_score", "band_score", "objective", "time_ratio")
 FORGETTING_RUNS = 8
 TUNING_SEED = 1000
-RERANK_SEEDS = 4  # tuning seeds 1000-1003 re-rank the best trials (never the evaluation seeds)
-SPREAD_WEIGHT = 0.5  # re-ranking score: median objective - SPREAD_WEIGHT * robust spread
+CALIBRATION_SPLITS = 4  # calibration splits per tuning trial (seeds 1000-1003), then 1004-1007
+N_RERANK = 5  # best trials re-run on fresh calibration splits, next to the defaults
+TUNING_OBJECTIVES = ("band_objective", "objective")
 
 
 def _log(msg: str) -> None:
@@ -333,11 +338,18 @@ class TuningPlan:
         methods: the methods tuned (each at every forget fraction).
         trials: tuning trials per (method, fraction); 0 tunes nothing.
         optimizer: the optimizer that tunes them.
+        objective: the metric tuned and re-ranked on the tuning seeds (one of
+            ``TUNING_OBJECTIVES``): ``band_objective`` (retrain-based, on the calibration
+            splits) or ``objective`` (retrain-free).
+        splits: calibration splits each tuning trial is judged on (their mean); as many
+            fresh ones re-rank the best trials.
     """
 
     methods: Sequence[str] = ("forget-mi", "multidelete")
     trials: int = 30
     optimizer: str = "eeipu"
+    objective: str = "band_objective"
+    splits: int = CALIBRATION_SPLITS
 
 
 @dataclass(frozen=True)
@@ -379,63 +391,65 @@ def _own_agreement(
 def _tune_method(
     method: str,
     frac: float,
-    trials: int,
-    optimizer: str,
+    plan: TuningPlan,
     cache: Any,
     data: DataSource,
     log: Callable[[str], None],
-    n_rerank: int = 5,
-    rerank_seeds: int = RERANK_SEEDS,
-    spread_weight: float = SPREAD_WEIGHT,
 ) -> tuple[dict[str, Any], list[dict[str, float]]]:
-    """Tune ``method`` at ``frac`` on the tuning seeds; return (best params, trial metrics).
+    """Tune ``method`` at ``frac`` on calibration splits as ``plan`` says; return (best
+    params, trial metrics).
 
-    The ``n_rerank`` best trials on the tuning seed, plus the embedded defaults, are re-run
-    on ``rerank_seeds`` tuning seeds (``TUNING_SEED ..``); the winner maximises the median
-    objective minus ``spread_weight`` times its spread over those seeds (1.4826 x the median
-    absolute deviation, a standard deviation that one outlier cannot inflate): a configuration
-    that is good on one split and poor on others loses, and one wall-time spike of a loaded
-    machine (the objective's time term) does not decide.
+    Every trial is the mean over ``plan.splits`` calibration splits (``TUNING_SEED ..``).
+    The ``N_RERANK`` best trials and the embedded defaults are re-run on as many fresh
+    splits; the winner has the best mean over both sets. The fresh splits undo the winner's
+    curse of picking the maximum of noisy trials.
     """
     from api.tuning import tune
     from eeipu import make_optimizer
+    from pipelines.replicate import replicated
 
-    pipe = data.pipeline(method, frac, tune_upstream=False)
+    trials, objective, k = plan.trials, plan.objective, plan.splits
+    pipe = replicated(data.pipeline(method, frac, tune_upstream=False), k)
     opt = make_optimizer(
-        optimizer, pipe.space, direction="maximize", seed=0, n_warmup=min(10, trials)
+        plan.optimizer, pipe.space, direction="maximize", seed=0, n_warmup=min(10, trials)
     )
     t0 = time.perf_counter()
-    res = tune(pipe, opt, float("inf"), cache=cache, max_trials=trials, run_seed=TUNING_SEED)
+    res = tune(
+        pipe,
+        opt,
+        float("inf"),
+        cache=cache,
+        max_trials=trials,
+        run_seed=TUNING_SEED,
+        objective=objective,
+    )
     ok = [t for t in res.trials if t.value is not None]
     ok.sort(key=lambda t: -float(t.value or 0.0))
     log(
-        f"  tuned {method} @ {frac:.0%}: {len(res.trials)} trials, {time.perf_counter() - t0:.1f}"
-        f" s, best objective {ok[0].value if ok else float('nan'):.4f}"
+        f"  tuned {method} @ {frac:.0%}: {len(res.trials)} trials on {k} calibration splits, "
+        f"{time.perf_counter() - t0:.1f} s, best {objective} "
+        f"{ok[0].value if ok else float('nan'):.4f}"
     )
-    cands: list[dict[str, Any]] = [dict(t.params) for t in ok[:n_rerank]]
+    cands: list[dict[str, Any]] = [dict(t.params) for t in ok[:N_RERANK]]
     dflt = pipe.canonical(pipe.defaults)
     if all(pipe.canonical(c) != dflt for c in cands):
         cands.append(dict(pipe.defaults))
-    best_params: dict[str, Any] = cands[0] if cands else dict(pipe.defaults)
+    best_params: dict[str, Any] = dict(pipe.defaults)
     best_score = -math.inf
     for c in cands:
-        vals = [
-            float(pipe.run(c, cache=cache, seed=s).metrics["objective"])
-            for s in range(TUNING_SEED, TUNING_SEED + rerank_seeds)
-        ]
-        score = robust_score(vals, spread_weight)
-        if score > best_score:
+        score = float(
+            np.mean(
+                [
+                    pipe.run(c, cache=cache, seed=s).metrics[objective]
+                    for s in (TUNING_SEED, TUNING_SEED + k)
+                ]
+            )
+        )
+        if score > best_score:  # NaN never wins
             best_score, best_params = score, dict(c)
-    log(f"  re-ranked {len(cands)} candidates on {rerank_seeds} tuning seeds: {best_score:.4f}")
+    chose = "the defaults" if pipe.canonical(best_params) == dflt else "a tuned configuration"
+    log(f"  re-ranked {len(cands)} on {2 * k} calibration splits: {chose}, {best_score:.4f}")
     return best_params, [dict(t.metrics) for t in ok]
-
-
-def robust_score(vals: Sequence[float], spread_weight: float = SPREAD_WEIGHT) -> float:
-    """``median - spread_weight * 1.4826 * MAD`` of ``vals`` (the re-ranking score)."""
-    v = np.asarray(vals, dtype=float)
-    med = float(np.median(v))
-    mad = float(np.median(np.abs(v - med)))
-    return med - spread_weight * 1.4826 * mad
 
 
 def _md_table(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> str:
@@ -594,7 +608,7 @@ def _write_outputs(out_dir: str, res: Mapping[str, Any]) -> dict[str, str]:
     for k, v in res["rank_correlation"].items():
         md.append(f"- {k}: {v:.3f}")
     if res["tuned_params"]:
-        md += ["", "## Tuned hyperparameters (chosen with the retrain-free objective)", ""]
+        md += ["", f"## Tuned hyperparameters (chosen with `{res['tune_objective']}`)", ""]
         for k, v in res["tuned_params"].items():
             md.append(f"- {k}: `{v}`")
     md += _band_markdown(res, all_rows)
@@ -656,10 +670,12 @@ def run_bench(
         "forget_fractions": list(fractions),
         "seeds": list(range(seeds)),
         "tuning_seeds": (
-            list(range(TUNING_SEED, TUNING_SEED + RERANK_SEEDS)) if tuning.trials else []
+            list(range(TUNING_SEED, TUNING_SEED + 2 * tuning.splits)) if tuning.trials else []
         ),
         "optimizer": tuning.optimizer if tuning.trials else None,
         "tune_trials": tuning.trials,
+        "tune_objective": tuning.objective if tuning.trials else None,
+        "tune_splits": tuning.splits if tuning.trials else None,
         "rows": rows,
         "tuned_rows": tuned_rows,
         "tuned_params": tuned_params,
@@ -695,6 +711,12 @@ def _check_arguments(
     bad = [m for m in [*methods, *tuning.methods] if m not in METHOD_NAMES]
     if bad:
         raise ValueError(f"unknown method(s) {bad}; choose from {list(METHOD_NAMES)}")
+    if tuning.objective not in TUNING_OBJECTIVES:
+        raise ValueError(
+            f"unknown tuning objective {tuning.objective!r}; choose from {list(TUNING_OBJECTIVES)}"
+        )
+    if not 1 <= tuning.splits <= 16:
+        raise ValueError(f"--tune-splits must be in 1..16, got {tuning.splits}")
     if tuning.trials < 0:
         raise ValueError(f"--tune-trials must be >= 0, got {tuning.trials}")
 
@@ -746,9 +768,7 @@ def _tuned_runs(
     tuning_metrics: list[dict[str, float]] = []
     for frac in fractions:
         for m in tuning.methods:
-            params, trial_metrics = _tune_method(
-                m, frac, tuning.trials, tuning.optimizer, cache, data, log
-            )
+            params, trial_metrics = _tune_method(m, frac, tuning, cache, data, log)
             tuning_metrics += trial_metrics
             tuned_params[f"{m}@{frac:g}"] = params["unlearn"]
             pipe = data.pipeline(m, frac, tune_upstream=False, forgetting_runs=FORGETTING_RUNS)

@@ -27,6 +27,7 @@ from pipelines.unlearning.methods import INFO_KEYS, Unlearned, run_method
 from pipelines.unlearning.metrics import (
     COMPARE_METRICS,
     MODEL_METRICS,
+    band_objective,
     band_score,
     compare,
     forgetting_objective,
@@ -330,6 +331,7 @@ EVALUATE_EXTRAS: tuple[str, ...] = (
     "objective_v1",
     "retrained_objective_v1",
     "band_score",
+    "band_objective",
 )
 
 
@@ -641,6 +643,7 @@ def make_pipeline(
             out[f"info_{k}"] = float(v) if ok else float("nan")  # type: ignore[arg-type]
         out.update(_evaluate_extras(parent, p, _seed(seed), method, forgetting_runs, dev))
         out["band_score"] = band_score(out)
+        out["band_objective"] = band_objective(out)
         return out
 
     def fingerprint() -> str:
@@ -655,7 +658,7 @@ def make_pipeline(
         Stage("featurize", featurize_stage, f_space, version="2"),
         Stage("train", train_stage, t_space, version=f"3.e{n_retrains}.k{n_references}"),
         Stage("unlearn", unlearn_stage, UNLEARN_SPACES[method], version=version),
-        Stage("evaluate", evaluate_stage, {}, version=f"6.n{forgetting_runs}"),
+        Stage("evaluate", evaluate_stage, {}, version=f"7.n{forgetting_runs}"),
     ]
     pipe = UnlearningPipeline(
         method,

@@ -53,7 +53,8 @@ def test_bench_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     rc = main(
         ["bench", "unlearning", "--source", "diabetes", "--forget-fraction", "0.1",
          "--seeds", "2", "--methods", "forget-mi", "finetune", "--tune-methods", "forget-mi",
-         "--tune-trials", "3", "--optimizer", "random", "--out", str(out), "--json"]
+         "--tune-trials", "3", "--tune-splits", "2", "--optimizer", "random",
+         "--out", str(out), "--json"]
     )  # fmt: skip
     assert rc == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -84,6 +85,8 @@ def test_bench_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "forget-mi@0.1" in res["tuned_params"]
     assert {c["method"] for c in res["checks"]} == {"forget-mi", "finetune"}
     assert set(res["rank_correlation"]) == {"default_runs", "tuning_trials", "all_trials"}
+    assert res["tune_objective"] == "band_objective"  # tuned on the calibration splits' bands
+    assert res["tune_splits"] == 2 and res["tuning_seeds"] == [1000, 1001, 1002, 1003]
     assert os.path.exists(out / "unlearning.md") and os.path.exists(out / "unlearning.csv")
 
 
@@ -92,3 +95,12 @@ def test_bench_cli_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "seeds" in err[0]
+    rc = main(["bench", "unlearning", "--source", "diabetes", "--tune-splits", "0"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tune-splits" in err[0]
+    with pytest.raises(SystemExit) as e:  # argparse refuses an unknown tuning objective
+        main(["bench", "unlearning", "--source", "diabetes", "--tune-objective", "band_score"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--tune-objective" in err and "Traceback" not in err

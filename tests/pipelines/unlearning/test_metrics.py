@@ -107,3 +107,17 @@ def test_model_metrics_compare_and_objective() -> None:
         worse = {**m, "test_auc": m["test_auc"] - drop, "forget_auc": m["forget_auc"] - drop}
         got = retrain_free_objective(worse, orig, 0.1, 1.0)
         assert fast - got == pytest.approx(cost)
+
+
+def test_band_objective_charges_time_above_the_hinge() -> None:
+    from pipelines.unlearning.metrics import band_objective
+
+    assert band_objective({"band_score": -0.5, "time_ratio": 0.10}) == pytest.approx(-0.5)
+    assert band_objective({"band_score": -0.5, "time_ratio": 0.15}) == pytest.approx(-0.5)
+    # 5 per unit of ratio above 0.15: at the 1/5 limit a quarter band half-width
+    assert band_objective({"band_score": -0.5, "time_ratio": 0.20}) == pytest.approx(-0.75)
+    fast_far = band_objective({"band_score": -1.2, "time_ratio": 0.05})
+    slow_near = band_objective({"band_score": -0.4, "time_ratio": 0.40})
+    assert slow_near < fast_far  # over twice the time limit loses to a worse but cheap run
+    assert np.isnan(band_objective({"band_score": float("nan"), "time_ratio": 0.1}))
+    assert np.isnan(band_objective({"time_ratio": 0.1}))
