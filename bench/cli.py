@@ -346,6 +346,14 @@ def _register_unlearning(sub: Any) -> None:
         help="calibration splits each tuning trial is judged on, by their mean (1-16; "
         "default 4); as many fresh ones re-rank the best trials",
     )
+    p.add_argument(
+        "--tune-around",
+        type=float,
+        default=0.0,
+        help="0 (default): tune over the method's whole space; in (0, 1]: only around the "
+        "embedded defaults, that share of each numeric parameter's range (categorical "
+        "choices pinned)",
+    )
     p.add_argument("--source", choices=("openi", "diabetes", "breast_cancer"), default="openi")
     p.add_argument(
         "--label",
@@ -378,6 +386,7 @@ def run_unlearning(args: argparse.Namespace) -> int:
             optimizer=args.optimizer,
             objective=args.tune_objective,
             splits=args.tune_splits,
+            around=args.tune_around,
         ),
         cache=cache,
         data=DataSource(source=args.source, label=args.label, device=args.device),

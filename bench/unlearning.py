@@ -343,6 +343,9 @@ class TuningPlan:
             splits) or ``objective`` (retrain-free).
         splits: calibration splits each tuning trial is judged on (their mean); as many
             fresh ones re-rank the best trials.
+        around: 0 searches the method's whole space; in (0, 1] only the neighbourhood of
+            the embedded defaults (``SearchSpace.around``: that share of each numeric
+            parameter's unit interval, categorical choices pinned to the defaults').
     """
 
     methods: Sequence[str] = ("forget-mi", "multidelete")
@@ -350,6 +353,7 @@ class TuningPlan:
     optimizer: str = "eeipu"
     objective: str = "band_objective"
     splits: int = CALIBRATION_SPLITS
+    around: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -410,8 +414,9 @@ def _tune_method(
 
     trials, objective, k = plan.trials, plan.objective, plan.splits
     pipe = replicated(data.pipeline(method, frac, tune_upstream=False), k)
+    space = pipe.space.around(pipe.defaults, plan.around) if plan.around > 0 else pipe.space
     opt = make_optimizer(
-        plan.optimizer, pipe.space, direction="maximize", seed=0, n_warmup=min(10, trials)
+        plan.optimizer, space, direction="maximize", seed=0, n_warmup=min(10, trials)
     )
     t0 = time.perf_counter()
     res = tune(
@@ -676,6 +681,7 @@ def run_bench(
         "tune_trials": tuning.trials,
         "tune_objective": tuning.objective if tuning.trials else None,
         "tune_splits": tuning.splits if tuning.trials else None,
+        "tune_around": tuning.around if tuning.trials else None,
         "rows": rows,
         "tuned_rows": tuned_rows,
         "tuned_params": tuned_params,
@@ -717,6 +723,8 @@ def _check_arguments(
         )
     if not 1 <= tuning.splits <= 16:
         raise ValueError(f"--tune-splits must be in 1..16, got {tuning.splits}")
+    if not 0.0 <= tuning.around <= 1.0:
+        raise ValueError(f"--tune-around must be in [0, 1], got {tuning.around}")
     if tuning.trials < 0:
         raise ValueError(f"--tune-trials must be >= 0, got {tuning.trials}")
 

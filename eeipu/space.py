@@ -265,6 +265,24 @@ def param_from_dict(d: Mapping[str, Any]) -> Param:
     raise ValueError(f"unknown parameter type {kind!r} (expected float, int or categorical)")
 
 
+def _window(p: Param, value: Scalar, width: float) -> Param:
+    """``p`` narrowed to ``width`` of its unit interval around ``value`` (see ``around``)."""
+    if isinstance(p, Categorical):
+        return Categorical([value])
+    if width >= 1.0:
+        return p
+    u = p.encode(value)[0]
+    lo_u = min(max(u - width / 2.0, 0.0), 1.0 - width)
+    lo, hi = p.decode([lo_u]), p.decode([lo_u + width])
+    if isinstance(p, Float):
+        flo, fhi = min(float(lo), float(value)), max(float(hi), float(value))
+        return Float(flo, fhi, p.log, p.digits) if flo < fhi else Categorical([value])
+    if isinstance(p, Int):
+        ilo, ihi = min(int(lo), int(value)), max(int(hi), int(value))
+        return Int(ilo, ihi, p.log) if ilo < ihi else Categorical([value])
+    return p
+
+
 @dataclass(frozen=True)
 class ParamSpec:
     """A parameter's place in a staged space."""
@@ -359,6 +377,34 @@ class SearchSpace:
                 given = fixed.get(stage, {})
                 params[sp.name] = (
                     Categorical([sp.param.canonical(given[sp.name])])
+                    if sp.name in given
+                    else sp.param
+                )
+            stages.append((stage, params))
+        return SearchSpace(stages)
+
+    def around(self, center: Mapping[str, Mapping[str, Any]], width: float) -> SearchSpace:
+        """This space narrowed to a neighbourhood of ``center`` (``{stage: {name: value}}``,
+        values valid for their parameter), for refining a known good configuration.
+
+        A numeric parameter of ``center`` keeps the window of ``width`` (0 < width <= 1) of
+        its unit interval (log-scaled where the parameter is) around the centre's value,
+        shifted inward at a bound so that it keeps its full width; an integer window too
+        narrow for two values pins the centre's. A categorical parameter of ``center`` is
+        pinned to its value (the structural choices stay those of the centre). Parameters
+        not in ``center`` keep their range. Every configuration of the result is valid here.
+        """
+        if not (isinstance(width, int | float) and 0.0 < width <= 1.0):
+            raise ValueError(f"width must be in (0, 1], got {width!r}")
+        stages: list[tuple[str, dict[str, Param]]] = []
+        for stage in self.stage_names:
+            params: dict[str, Param] = {}
+            for sp in self.specs:
+                if sp.stage != stage:
+                    continue
+                given = center.get(stage, {})
+                params[sp.name] = (
+                    _window(sp.param, sp.param.canonical(given[sp.name]), float(width))
                     if sp.name in given
                     else sp.param
                 )

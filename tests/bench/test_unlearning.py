@@ -10,6 +10,7 @@ import pytest
 
 from api.cli import main
 from bench.unlearning import aggregate, bootstrap_ci, rank_correlation, tuning_gain
+from pipelines.unlearning.pipelines import default_params
 
 ROW_KEYS = (
     "lira_forget_auc",
@@ -53,7 +54,8 @@ def test_bench_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     rc = main(
         ["bench", "unlearning", "--source", "diabetes", "--forget-fraction", "0.1",
          "--seeds", "2", "--methods", "forget-mi", "finetune", "--tune-methods", "forget-mi",
-         "--tune-trials", "3", "--tune-splits", "2", "--optimizer", "random",
+         "--tune-trials", "3", "--tune-splits", "2", "--tune-around", "0.3",
+         "--optimizer", "random",
          "--out", str(out), "--json"]
     )  # fmt: skip
     assert rc == 0
@@ -87,6 +89,11 @@ def test_bench_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert set(res["rank_correlation"]) == {"default_runs", "tuning_trials", "all_trials"}
     assert res["tune_objective"] == "band_objective"  # tuned on the calibration splits' bands
     assert res["tune_splits"] == 2 and res["tuning_seeds"] == [1000, 1001, 1002, 1003]
+    assert res["tune_around"] == 0.3
+    tuned = res["tuned_params"]["forget-mi@0.1"]
+    dflt = default_params("forget-mi")["unlearn"]
+    for k in ("use_noise", "early_stop", "schedule", "batch_size", "calibrate"):
+        assert tuned[k] == dflt[k], k  # categorical choices stay the defaults' around them
     assert os.path.exists(out / "unlearning.md") and os.path.exists(out / "unlearning.csv")
 
 
@@ -95,10 +102,11 @@ def test_bench_cli_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "seeds" in err[0]
-    rc = main(["bench", "unlearning", "--source", "diabetes", "--tune-splits", "0"])
-    assert rc == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "tune-splits" in err[0]
+    for flag, bad in (("--tune-splits", "0"), ("--tune-around", "nan"), ("--tune-around", "2")):
+        rc = main(["bench", "unlearning", "--source", "diabetes", flag, bad])
+        assert rc == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and flag in err[0], (flag, bad, err)
     with pytest.raises(SystemExit) as e:  # argparse refuses an unknown tuning objective
         main(["bench", "unlearning", "--source", "diabetes", "--tune-objective", "band_score"])
     assert e.value.code == 2

@@ -68,3 +68,36 @@ def test_param_from_dict_round_trip() -> None:
         assert param_from_dict(p.to_dict()) == p
     with pytest.raises(ValueError, match="unknown parameter type"):
         param_from_dict({"type": "complex"})
+
+
+def test_around_keeps_a_window_of_the_unit_interval_and_pins_choices() -> None:
+    sp = SearchSpace(
+        [
+            ("a", {"lr": Float(1e-5, 1e-1, log=True), "w": Float(0.0, 20.0)}),
+            ("b", {"n": Int(1, 100), "k": Categorical(["x", "y"]), "free": Float(0.0, 1.0)}),
+        ]
+    )
+    center = {"a": {"lr": 1e-3, "w": 20.0}, "b": {"n": 50, "k": "y"}}
+    near = sp.around(center, 0.2)
+    got = {(s.stage, s.name): s.param for s in near.specs}
+    lr = got[("a", "lr")]
+    assert isinstance(lr, Float) and lr.log
+    assert lr.low == pytest.approx(10**-3.4) and lr.high == pytest.approx(10**-2.6)
+    w = got[("a", "w")]  # at the upper bound: shifted inward, full width kept
+    assert isinstance(w, Float) and (w.low, w.high) == pytest.approx((16.0, 20.0))
+    n = got[("b", "n")]
+    assert isinstance(n, Int) and n.low <= 50 <= n.high and 15 <= n.high - n.low <= 25
+    assert got[("b", "k")] == Categorical(["y"])
+    assert got[("b", "free")] == Float(0.0, 1.0)  # not in the centre: untouched
+    rng = random.Random(0)
+    for _ in range(200):  # every configuration near the centre is valid in the full space
+        cfg = near.sample(rng)
+        assert sp.canonical(cfg) == cfg
+    assert sp.around(center, 1.0).specs[0].param == sp.specs[0].param
+    tiny = SearchSpace([("c", {"i": Int(0, 3)})]).around({"c": {"i": 2}}, 0.01)
+    assert tiny.specs[0].param == Categorical([2])  # too narrow for two integers
+    for bad in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="width"):
+            sp.around(center, bad)
+    with pytest.raises(ValueError):
+        sp.around({"a": {"lr": 5.0}}, 0.2)  # the centre must be valid
