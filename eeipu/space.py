@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -368,20 +368,7 @@ class SearchSpace:
         only the fixed values, so its prefixes and reuse plans are those that run."""
         if not any(fixed.values()):
             return self
-        stages: list[tuple[str, dict[str, Param]]] = []
-        for stage in self.stage_names:
-            params: dict[str, Param] = {}
-            for sp in self.specs:
-                if sp.stage != stage:
-                    continue
-                given = fixed.get(stage, {})
-                params[sp.name] = (
-                    Categorical([sp.param.canonical(given[sp.name])])
-                    if sp.name in given
-                    else sp.param
-                )
-            stages.append((stage, params))
-        return SearchSpace(stages)
+        return self._replaced(fixed, lambda p, v: Categorical([v]))
 
     def around(self, center: Mapping[str, Mapping[str, Any]], width: float) -> SearchSpace:
         """This space narrowed to a neighbourhood of ``center`` (``{stage: {name: value}}``,
@@ -396,17 +383,24 @@ class SearchSpace:
         """
         if not (isinstance(width, int | float) and 0.0 < width <= 1.0):
             raise ValueError(f"width must be in (0, 1], got {width!r}")
+        return self._replaced(center, lambda p, v: _window(p, v, float(width)))
+
+    def _replaced(
+        self,
+        values: Mapping[str, Mapping[str, Any]],
+        make: Callable[[Param, Scalar], Param],
+    ) -> SearchSpace:
+        """This space with each parameter named in ``values`` replaced by ``make(param,
+        canonical value)``; the others as they are."""
         stages: list[tuple[str, dict[str, Param]]] = []
         for stage in self.stage_names:
-            params: dict[str, Param] = {}
-            for sp in self.specs:
-                if sp.stage != stage:
-                    continue
-                given = center.get(stage, {})
-                params[sp.name] = (
-                    _window(sp.param, sp.param.canonical(given[sp.name]), float(width))
-                    if sp.name in given
-                    else sp.param
-                )
+            given = values.get(stage, {})
+            params: dict[str, Param] = {
+                sp.name: make(sp.param, sp.param.canonical(given[sp.name]))
+                if sp.name in given
+                else sp.param
+                for sp in self.specs
+                if sp.stage == stage
+            }
             stages.append((stage, params))
         return SearchSpace(stages)
