@@ -349,10 +349,9 @@ def _register_unlearning(sub: Any) -> None:
     p.add_argument(
         "--tune-around",
         type=float,
-        default=0.0,
-        help="0 (default): tune over the method's whole space; in (0, 1]: only around the "
-        "embedded defaults, that share of each numeric parameter's range (categorical "
-        "choices pinned)",
+        default=0.3,
+        help="in (0, 1]: tune only around the embedded defaults, that share of each numeric "
+        "parameter's range, categorical choices pinned (default 0.3); 0: the whole space",
     )
     p.add_argument("--source", choices=("openi", "diabetes", "breast_cancer"), default="openi")
     p.add_argument(

@@ -6,10 +6,11 @@ Protocol (kept honest on purpose):
   computed once per (forget fraction, seed) and reused by all eight methods;
 * evaluation seeds are ``0 .. seeds-1`` (each seed = a new split, forget set, training run and
   attack subsample);
-* tuned figures: the EEIPU optimizer searches the method's own hyperparameters on
-  CALIBRATION splits (tuning seeds, each with its own patients, forget set and retrained
-  ensemble; never an evaluation seed). A trial is judged on ``TuningPlan.splits`` of them at
-  once (seeds 1000-1003: ``pipelines.replicate``, the mean over the splits), maximising
+* tuned figures: the EEIPU optimizer searches the method's own hyperparameters, by default
+  around the embedded defaults (``TuningPlan.around``), on CALIBRATION splits (tuning
+  seeds, each with its own patients, forget set and retrained ensemble; never an
+  evaluation seed). A trial is judged on ``TuningPlan.splits`` of them at once (seeds
+  1000-1003: ``pipelines.replicate``, the mean over the splits), maximising
   ``TuningPlan.objective``: by default ``band_objective``, the retrain-based ``band_score``
   with a time charge (the calibration splits' retraining is a cached stage, paid once and
   shared by every trial), or the retrain-free ``objective``. The best five trials and the
@@ -42,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.unlearning.metrics import TOLERANCES
-from pipelines.unlearning.pipelines import METHOD_NAMES, make_pipeline
+from pipelines.unlearning.pipelines import METHOD_NAMES, default_params, make_pipeline
 from pipelines.unlearning.verdict import BAND_METRICS, TIME_LIMIT
 
 __all__ = [
@@ -97,6 +98,7 @@ FORGETTING_RUNS = 8
 TUNING_SEED = 1000
 CALIBRATION_SPLITS = 4  # calibration splits per tuning trial (seeds 1000-1003), then 1004-1007
 N_RERANK = 5  # best trials re-run on fresh calibration splits, next to the defaults
+TUNE_AROUND = 0.3  # tune within 30% of each parameter's range around the embedded defaults
 TUNING_OBJECTIVES = ("band_objective", "objective")
 
 
@@ -343,9 +345,10 @@ class TuningPlan:
             splits) or ``objective`` (retrain-free).
         splits: calibration splits each tuning trial is judged on (their mean); as many
             fresh ones re-rank the best trials.
-        around: 0 searches the method's whole space; in (0, 1] only the neighbourhood of
-            the embedded defaults (``SearchSpace.around``: that share of each numeric
-            parameter's unit interval, categorical choices pinned to the defaults').
+        around: in (0, 1], only the neighbourhood of the embedded defaults is searched
+            (``SearchSpace.around``: that share of each numeric parameter's unit interval,
+            categorical choices pinned to the defaults'); 0 searches the method's whole
+            space (which, in 30 trials, never beat the defaults: docs/research.md).
     """
 
     methods: Sequence[str] = ("forget-mi", "multidelete")
@@ -353,7 +356,7 @@ class TuningPlan:
     optimizer: str = "eeipu"
     objective: str = "band_objective"
     splits: int = CALIBRATION_SPLITS
-    around: float = 0.0
+    around: float = TUNE_AROUND
 
 
 @dataclass(frozen=True)
@@ -533,10 +536,12 @@ def _band_markdown(res: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) ->
         )
     if res["tuning_gain"]:
         md += ["", "## Tuned minus default band_score on the evaluation seeds (95% bootstrap)", ""]
+        kept = res.get("tuned_is_default", {})
         for k, g in res["tuning_gain"].items():
             md.append(
                 f"- {k}: {g['mean']:+.3f} [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}] "
                 f"over {g['n_seeds']} seeds"
+                + (" (the re-rank kept the defaults)" if kept.get(k) else "")
             )
     if res["source_agreement"]:
         md += ["", "## Spearman agreement of the retrain-free objective with band_score", ""]
@@ -685,6 +690,9 @@ def run_bench(
         "rows": rows,
         "tuned_rows": tuned_rows,
         "tuned_params": tuned_params,
+        "tuned_is_default": {
+            k: v == default_params(k.split("@")[0])["unlearn"] for k, v in tuned_params.items()
+        },
         "checks": tolerance_checks(agg, runs),
         "retrain_spread": {
             f"{frac:g}": {m: _spread(runs, frac, m) for m in TOLERANCES} for frac in fractions

@@ -90,6 +90,9 @@ def test_bench_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert res["tune_objective"] == "band_objective"  # tuned on the calibration splits' bands
     assert res["tune_splits"] == 2 and res["tuning_seeds"] == [1000, 1001, 1002, 1003]
     assert res["tune_around"] == 0.3
+    assert res["tuned_is_default"]["forget-mi@0.1"] == (
+        res["tuned_params"]["forget-mi@0.1"] == default_params("forget-mi")["unlearn"]
+    )
     tuned = res["tuned_params"]["forget-mi@0.1"]
     dflt = default_params("forget-mi")["unlearn"]
     for k in ("use_noise", "early_stop", "schedule", "batch_size", "calibrate"):

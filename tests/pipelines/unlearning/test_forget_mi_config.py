@@ -26,7 +26,7 @@ KEYS_DIABETES = [
     "be918b67b02cb2a100fa6e2f4d1ffd1c",
     "a5dfc8cc9f55f273804a81e3c36e3910",
     "bf3f2b9e7af16391f56f17c731892bc8",
-    "036cb20a258176e65cad6446d52e6c22",
+    "796ba0977233fc21c1776fa48f736637",  # evaluate 7: adds band_objective
 ]
 # the defaults of the former keyword arguments
 OLD_DEFAULTS = {
