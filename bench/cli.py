@@ -343,7 +343,7 @@ def _register_unlearning(sub: Any) -> None:
         "--tune-splits",
         type=int,
         default=4,
-        help="calibration splits each tuning trial is judged on, by their mean (1-16; "
+        help="calibration splits each tuning trial is judged on, by their mean (1 to 16; "
         "default 4); as many fresh ones re-rank the best trials",
     )
     p.add_argument(
