@@ -45,7 +45,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -868,13 +868,19 @@ def _worker_init(threads: int) -> None:
 def _execute(
     tasks: Sequence[_Task], runs: list[dict[str, Any]], out_dir: Path, execution: Execution
 ) -> None:
-    """Run ``tasks`` (appended to ``runs`` in task order, each logged and checkpointed)."""
+    """Run ``tasks`` (appended to ``runs`` in task order). Each run is logged and
+    checkpointed as soon as it finishes, so that ``--resume`` after an interruption keeps
+    every finished run, not only those before the first unfinished one."""
     n_total = len(runs) + sum(len(t.pipelines) for t in tasks)
+    finished: dict[int, list[dict[str, Any]]] = {}
+    n_done = len(runs)
 
-    def keep(done: list[dict[str, Any]]) -> None:
+    def keep(i: int, done: list[dict[str, Any]]) -> None:
+        nonlocal n_done
+        finished[i] = done
         for r in done:
-            runs.append(r)
-            _log_run(execution.log, r, len(runs), n_total)
+            n_done += 1
+            _log_run(execution.log, r, n_done, n_total)
             _checkpoint(out_dir, r)
 
     if execution.jobs > 1:
@@ -887,11 +893,14 @@ def _execute(
             initializer=_worker_init,
             initargs=(threads,),
         ) as ex:
-            for f in [ex.submit(run_task, t) for t in tasks]:
-                keep(f.result())
+            futures = {ex.submit(run_task, t): i for i, t in enumerate(tasks)}
+            for f in as_completed(futures):
+                keep(futures[f], f.result())
     else:
-        for t in tasks:
-            keep(run_task(t))
+        for i, t in enumerate(tasks):
+            keep(i, run_task(t))
+    for i in range(len(tasks)):
+        runs.extend(finished[i])
 
 
 def _write_trials_csv(path: Path, runs: Sequence[Mapping[str, Any]]) -> None:

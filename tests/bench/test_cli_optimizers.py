@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import inspect
 import json
 from pathlib import Path
@@ -166,6 +167,10 @@ def test_bench_optimizers_jobs_spawn_workers_with_the_same_results(tmp_path: Pat
         assert main([*base, "--jobs", jobs, "--out", str(out)]) == 0
         runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
         values.append(sorted((r["seed"], [row["value"] for row in r["rows"]]) for r in runs))
+        # checkpointed as each run finishes, reported in task order (seed-major)
+        with open(out / "trials.csv") as fh:
+            seeds = [int(row["seed"]) for row in csv.DictReader(fh)]
+        assert seeds == sorted(seeds) and set(seeds) == {0, 1}
     assert len(values[0]) == 2 and all(len(v) > 1 for _, v in values[0])
     assert values[0] == values[1]
 
