@@ -63,13 +63,15 @@ def test_value_and_gradient_match_gpytorch(kind: tuple[Any, ...]) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_fit_reaches_gpytorchs_optimum(kind: tuple[Any, ...]) -> None:
     ours, ref = _model(kind, seed=1), _model(kind, seed=1)
-    value = fit_hypers(ours, maxiter=200)
+    # both fits run to convergence: capped at 200 iterations, two of the five stopped short
+    # at points that differ between machines in the last bits of their arithmetic
+    value = fit_hypers(ours, maxiter=2000)
     assert value is not None and math.isfinite(value)
     ref.train()
     mll = ExactMarginalLogLikelihood(ref.likelihood, ref)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit_gpytorch_mll_scipy(mll, options={"maxiter": 200})
+        fit_gpytorch_mll_scipy(mll, options={"maxiter": 2000})
     start = float(_gpytorch_value(_model(kind, seed=1)))
     assert value == pytest.approx(float(_gpytorch_value(ours)), abs=1e-7)  # written back
     assert value > start  # the fit improved the start...
