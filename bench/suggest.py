@@ -18,7 +18,9 @@ kind: ``rmse`` of the predicted mean (objective units, on the warped scale the G
 ``rmse_raw`` the same over the held-out points better than the clipping scale (where the
 search refines), and ``log_likelihood`` the mean held-out log predictive density. Up to
 ``--full-gp-max`` observations the same is done for the exact GP on every observation
-(``max_points: null``), under ``fit[N]["full"]``, with both fits' seconds.
+(``max_points: null``), under ``fit[N]["full"]``, with both fits' seconds. The log-cost
+GPs are scored alike: ``log_cost_rmse`` and ``log_cost_log_likelihood`` (held-out log
+costs, mean over stages), ``cost_points`` (the most rows a cost GP holds).
 """
 
 from __future__ import annotations
@@ -93,6 +95,20 @@ def build_history(pipe: Any, n: int, seed: int) -> tuple[list[Any], list[Any]]:
     return hist, list(seen.values())
 
 
+def _fresh_surrogates(opt: CostAwareBO, cost_model: str, max_points: int | None) -> Any:
+    """Surrogates with ``opt``'s options and no fits yet (every GP fitted from scratch)."""
+    from eeipu.surrogates import Surrogates
+
+    return Surrogates(
+        opt.space,
+        cost_model,
+        opt.options.refit_fraction,
+        stage_additive=opt.options.kernel == "stage-additive",
+        objective_noise=opt.options.objective_noise,
+        max_points=max_points,
+    )
+
+
 def fit_quality(
     opt: CostAwareBO, train: Sequence[Any], held_out: Sequence[Any], max_points: int | None
 ) -> dict[str, float]:
@@ -101,7 +117,6 @@ def fit_quality(
     import torch
 
     from eeipu.models import DTYPE
-    from eeipu.surrogates import Surrogates
     from eeipu.warp import gap_scale, objective_targets, warmup_floor
 
     space, sign = opt.space, opt.sign()
@@ -111,14 +126,7 @@ def fit_quality(
     yh = torch.tensor([sign * float(o.value) for o in held_out], dtype=DTYPE)
     scale = gap_scale(y, 0.5, warmup_floor(y, opt.n_warmup))
     target_h = -(y.max() - yh).clamp(min=0.0).clamp_max(scale)
-    sur = Surrogates(
-        space,
-        "none",
-        opt.options.refit_fraction,
-        stage_additive=opt.options.kernel == "stage-additive",
-        objective_noise=opt.options.objective_noise,
-        max_points=max_points,
-    )
+    sur = _fresh_surrogates(opt, "none", max_points)
     t0 = time.perf_counter()
     gp = sur.objective(X, objective_targets(y, opt.n_warmup))
     with torch.no_grad():
@@ -136,6 +144,43 @@ def fit_quality(
         "log_likelihood": float(loglik.mean()),
         "points": float(gp.train_X.shape[0]),
         "fit_seconds": seconds,
+    }
+
+
+def cost_fit_quality(
+    opt: CostAwareBO, train: Sequence[Any], held_out: Sequence[Any], max_points: int | None
+) -> dict[str, float]:
+    """Held-out quality of the log-cost GPs fitted from scratch on ``train`` as ``opt``
+    fits them: RMSE of the predicted log cost and mean log predictive density, averaged
+    over the stages, and the most rows a cost GP was conditioned on."""
+    import torch
+
+    from eeipu.models import DTYPE
+    from eeipu.surrogates import COST_FLOOR
+
+    space = opt.space
+    sur = _fresh_surrogates(opt, "stages", max_points)
+    t0 = time.perf_counter()
+    models = sur.costs(train)
+    Xh = torch.tensor([space.encode(o.params) for o in held_out], dtype=DTYPE)
+    Ch = torch.tensor([o.stage_costs for o in held_out], dtype=DTYPE).clamp_min(COST_FLOOR)
+    rmse, loglik, rows = [], [], 0
+    with torch.no_grad():
+        for k, (gp, sl) in enumerate(models):
+            mean, std = gp.predict(Xh[:, sl])
+            noise = 0.0
+            if gp.model is not None:
+                noise = float(gp.model.likelihood.noise.detach().reshape(-1)[0]) * gp.y_std**2
+            var = std**2 + noise
+            err = mean - Ch[:, k].log()
+            rmse.append(float(err.pow(2).mean().sqrt()))
+            loglik.append(float((-0.5 * (err**2 / var + torch.log(2 * math.pi * var))).mean()))
+            rows = max(rows, int(gp.train_X.shape[0]))
+    return {
+        "log_cost_rmse": statistics.fmean(rmse),
+        "log_cost_log_likelihood": statistics.fmean(loglik),
+        "cost_points": float(rows),
+        "cost_fit_seconds": time.perf_counter() - t0,
     }
 
 
@@ -201,8 +246,10 @@ def run(args: argparse.Namespace) -> int:
         allt[str(n)] = times
         if isinstance(opt, CostAwareBO):
             quality: dict[str, Any] = fit_quality(opt, hist[:n], held_out, opt.options.max_points)
+            quality.update(cost_fit_quality(opt, hist[:n], held_out, opt.options.max_points))
             if n <= args.full_gp_max:
                 quality["full"] = fit_quality(opt, hist[:n], held_out, None)
+                quality["full"].update(cost_fit_quality(opt, hist[:n], held_out, None))
             fit[str(n)] = quality
     out = {
         "pipeline": args.pipeline,

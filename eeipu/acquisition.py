@@ -144,22 +144,37 @@ class CostCooledLogEI(AcquisitionFunction):
             return X
         return torch.where(self.pin_mask.unsqueeze(1), self.pin_values.unsqueeze(1), X)
 
-    def cost_moments(self, X: Tensor) -> tuple[Tensor, Tensor]:
+    def cost_moments(self, X: Tensor, paid_only: bool = False) -> tuple[Tensor, Tensor]:
         """Means and standard deviations of each component's log cost, each ``b x K``.
 
         Args:
             X: ``b x 1 x d`` candidates.
+            paid_only: predict each component only for the rows that pay for it
+                (``include``); the others get mean and deviation 0, which every cost
+                term masks out. A row that reuses a deep prefix skips most cost GPs.
         """
+        b = X.shape[0]
         mus, sigmas = [], []
-        for gp, sl in self.cost_models:
-            m, s = gp.predict(X[..., sl])
-            mus.append(m.reshape(X.shape[0]))
-            sigmas.append(s.reshape(X.shape[0]))
+        for k, (gp, sl) in enumerate(self.cost_models):
+            rows = self.include[:, k] if paid_only else None
+            if rows is None or bool(rows.all()):
+                m, s = gp.predict(X[..., sl])
+                mus.append(m.reshape(b))
+                sigmas.append(s.reshape(b))
+                continue
+            m_full = torch.zeros(b, dtype=X.dtype)
+            s_full = torch.zeros(b, dtype=X.dtype)
+            if bool(rows.any()):
+                m, s = gp.predict(X[rows][..., sl])
+                m_full = m_full.masked_scatter(rows, m.reshape(-1))
+                s_full = s_full.masked_scatter(rows, s.reshape(-1))
+            mus.append(m_full)
+            sigmas.append(s_full)
         return torch.stack(mus, -1), torch.stack(sigmas, -1)
 
     def log_inverse_cost(self, X: Tensor) -> Tensor:
         """log I(x, d) for each row, ``b``."""
-        mu, sigma = self.cost_moments(X)
+        mu, sigma = self.cost_moments(X, paid_only=True)
         if self.inverse == "mc":
             assert self.base_samples is not None
             return log_expected_inverse_cost(mu, sigma, self.include, self.load, self.base_samples)

@@ -40,9 +40,11 @@ __all__ = [
     "Pending",
     "cached_depth",
     "config_id",
+    "encoded",
     "estimated_cost",
     "max_cost_after",
     "mean_cost_after",
+    "observed_prefix_ids",
     "prefix_id",
     "prefix_ids",
 ]
@@ -138,6 +140,28 @@ def prefix_ids(space: SearchSpace, params: Mapping[str, Mapping[str, Scalar]]) -
         part = stage + "(" + ",".join(f"{k}={sp[k]!r}" for k in sorted(sp)) + ")"
         ids.append(f"{ids[-1]}/{part}" if ids else part)
     return ids
+
+
+def observed_prefix_ids(space: SearchSpace, item: Observation | Pending) -> list[str]:
+    """``prefix_ids`` of ``item``'s configuration, memoized on ``item`` (as ``config_id``)."""
+    key = tuple(space.stage_names)
+    memo = item.__dict__.get("_prefix_ids")
+    if memo is not None and memo[0] == key:
+        return list(memo[1])
+    ids = prefix_ids(space, item.params)
+    item.__dict__["_prefix_ids"] = (key, tuple(ids))
+    return ids
+
+
+def encoded(space: SearchSpace, item: Observation | Pending) -> list[float]:
+    """``space.encode(item.params)``, memoized on ``item`` for this ``space`` object: every
+    proposal encodes the whole history for its GPs."""
+    memo = item.__dict__.get("_encoded")
+    if memo is not None and memo[0] is space:
+        return list(memo[1])
+    row = space.encode(item.params)
+    item.__dict__["_encoded"] = (space, tuple(row))
+    return row
 
 
 class Optimizer(ABC):

@@ -30,7 +30,15 @@ import torch
 from torch.quasirandom import SobolEngine
 
 from eeipu.acquisition import cooling_eta, normal_base_samples
-from eeipu.base import BudgetState, CachedPrefix, Candidate, Observation, Optimizer, Pending
+from eeipu.base import (
+    BudgetState,
+    CachedPrefix,
+    Candidate,
+    Observation,
+    Optimizer,
+    Pending,
+    encoded,
+)
 from eeipu.batch import BatchReuse, ScoredRows, select_batch
 from eeipu.candidates import (
     PlannedAcquisition,
@@ -96,7 +104,7 @@ class CostAwareBO(Optimizer):
         max_points: most observations the objective GP is conditioned on (``None``: all,
             exact but cubic in the history's size); beyond it a subset: the best, the
             latest and a spread of the rest. Cost GPs hold half as many (each distinct
-            input once), and hyperparameters are fitted on a quarter as many
+            input once, at most 50 rows per input column), and hyperparameters are fitted on a quarter as many
             (``eeipu.surrogates.Surrogates``).
 
     Options that were removed (``eeipu.options.REMOVED_OPTIONS``) raise ``ValueError``.
@@ -240,7 +248,7 @@ class CostAwareBO(Optimizer):
         seed = self.rng.getrandbits(31)
         gen = torch.Generator().manual_seed(seed)
         valid = [o for o in history if o.value is not None and math.isfinite(o.value)]
-        X_seen = torch.tensor([space.encode(o.params) for o in valid], dtype=DTYPE)
+        X_seen = torch.tensor([encoded(space, o) for o in valid], dtype=DTYPE)
         y_seen = torch.tensor([self.sign() * float(o.value or 0.0) for o in valid], dtype=DTYPE)
         objective = self.surrogates.objective(X_seen, objective_targets(y_seen, self.n_warmup))
         costs = self.surrogates.costs(history)

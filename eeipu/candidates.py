@@ -149,7 +149,7 @@ class PlannedAcquisition:
         if self.costs and self.eta > 0:
             log_inverse = acquisition.log_inverse_cost(rows)
         if self.costs:
-            mu, sigma = acquisition.cost_moments(rows)
+            mu, sigma = acquisition.cost_moments(rows, paid_only=True)
             loads = self.table.loads[plan_index]
             return log_inverse, predicted_cost(mu, sigma, self.paid_components(plan_index), loads)
         plans = self.table.plans

@@ -74,6 +74,7 @@ class SurrogateGP:
     mean: str = "constant"
     _cache: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
     _terms: list[_Term] | None = field(default=None, repr=False)
+    _train_side: list[tuple[Tensor, Tensor]] | None = field(default=None, repr=False)
 
     def _k(self, x1: Tensor, x2: Tensor, diag: bool = False) -> Tensor:
         assert self.model is not None
@@ -82,6 +83,10 @@ class SurrogateGP:
                 self._terms = _rbf_terms(self.model.covar_module, torch.ones((), dtype=DTYPE))
         if self._terms is None:
             return kernel_matrix(self.model.covar_module, x1, x2, diag)
+        if x2 is self.train_X and not diag:
+            if self._train_side is None:
+                self._train_side = _train_side(self._terms, x2)
+            return _terms_matrix(self._terms, x1, x2, diag, self._train_side)
         return _terms_matrix(self._terms, x1, x2, diag)
 
     def _prior_mean(self, X: Tensor) -> Tensor:
@@ -170,15 +175,37 @@ def _rbf_terms(kern: Kernel, scale: Tensor) -> list[_Term] | None:
     ]
 
 
-def _terms_matrix(terms: list[_Term], x1: Tensor, x2: Tensor, diag: bool = False) -> Tensor:
+def _train_side(terms: list[_Term], x2: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """Each term's scaled training inputs, transposed (``g x n``), and their squared norms
+    (``1 x n``): the half of every cross-covariance that stays fixed between predictions."""
+    out = []
+    for dims, ls, _ in terms:
+        b = (x2 if dims is None else x2[..., dims]) / ls
+        out.append((b.T.contiguous(), (b * b).sum(-1).unsqueeze(0)))
+    return out
+
+
+def _terms_matrix(
+    terms: list[_Term],
+    x1: Tensor,
+    x2: Tensor,
+    diag: bool = False,
+    x2_side: list[tuple[Tensor, Tensor]] | None = None,
+) -> Tensor:
+    """``sum_t s_t exp(-|x1 - x2|^2_t / 2)`` over the terms (``m x n``, ``m`` with ``diag``);
+    ``x2_side``: ``_train_side(terms, x2)``, precomputed."""
     out: Tensor | None = None
-    for dims, ls, scale in terms:
+    for t, (dims, ls, scale) in enumerate(terms):
         if diag:
             val = scale * torch.ones(x1.shape[0], dtype=x1.dtype)
         else:
             a = (x1 if dims is None else x1[..., dims]) / ls
-            b = (x2 if dims is None else x2[..., dims]) / ls
-            d2 = (a * a).sum(-1, keepdim=True) - 2 * a @ b.T + (b * b).sum(-1).unsqueeze(0)
+            if x2_side is None:
+                b = (x2 if dims is None else x2[..., dims]) / ls
+                bT, bb = b.T, (b * b).sum(-1).unsqueeze(0)
+            else:
+                bT, bb = x2_side[t]
+            d2 = (a * a).sum(-1, keepdim=True) - 2 * a @ bT + bb
             val = scale * torch.exp(-0.5 * d2.clamp_min(0.0))
         out = val if out is None else out + val
     assert out is not None

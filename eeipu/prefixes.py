@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from eeipu.base import CachedPrefix, Observation, Params, Pending, prefix_id, prefix_ids
+from eeipu.base import CachedPrefix, Observation, Params, Pending, observed_prefix_ids, prefix_id
 from eeipu.models import DTYPE
 from eeipu.space import SearchSpace
 
@@ -48,15 +48,33 @@ class PrefixMemo:
     def __init__(self) -> None:
         self._ids: dict[tuple[Any, ...], str] = {}
         self._seen: dict[tuple[Any, ...], str] = {}
+        # The same CachedPrefix objects offered again (a loop that keeps its list): by
+        # identity, without building a key; the object is held so its id stays its own.
+        self._objects: dict[int, tuple[CachedPrefix, str | None]] = {}
+        self._objects_seen: dict[int, tuple[CachedPrefix, str | None]] = {}
+        self._space: SearchSpace | None = None
 
     def start(self) -> None:
         self._seen = {}
+        self._objects_seen = {}
 
     def finish(self) -> None:
         self._ids = self._seen
+        self._objects = self._objects_seen
 
     def pid(self, space: SearchSpace, c: CachedPrefix) -> str | None:
         """The id of ``c`` (``None``: it lacks a stage of ``space``)."""
+        if space is not self._space:
+            self._space, self._objects, self._ids = space, {}, {}
+        known = self._objects.get(id(c))
+        if known is not None and known[0] is c:
+            self._objects_seen[id(c)] = known
+            return known[1]
+        pid = self._pid(space, c)
+        self._objects_seen[id(c)] = (c, pid)
+        return pid
+
+    def _pid(self, space: SearchSpace, c: CachedPrefix) -> str | None:
         stages = space.stage_names[: c.depth]
         try:
             key: tuple[Any, ...] = (
@@ -107,7 +125,7 @@ def _best_value_and_warmup_only(
     best: dict[str, float] = {}
     warmup_only: dict[str, bool] = {}
     for i, o in enumerate(history):
-        pids = prefix_ids(space, o.params)[: n_stages - 1]
+        pids = observed_prefix_ids(space, o)[: n_stages - 1]
         for pid in pids:
             warmup_only[pid] = warmup_only.get(pid, True) and i < n_warmup
         if o.value is None or not math.isfinite(o.value):

@@ -25,6 +25,7 @@ def test_suggest_reports_times_and_fit_of_subset_and_exact_gp(
     for q in (fit["20"], fit["40"], fit["40"]["full"]):
         assert q["rmse"] > 0 and q["log_likelihood"] < 50
         assert q["rmse_raw"] >= 0
+        assert q["log_cost_rmse"] > 0 and q["cost_points"] >= 2  # the cost GPs' fit too
 
 
 @pytest.mark.parametrize(

@@ -110,3 +110,22 @@ def test_pins_fix_the_cached_dimensions() -> None:
     acq(X).sum().backward()
     assert X.grad is not None and float(X.grad[..., :2].abs().max()) == 0.0
     assert torch.all(acq.pin(X.detach())[..., :2] == 0.7)
+
+
+def test_paid_only_moments_skip_the_cost_gps_a_row_does_not_pay_for() -> None:
+    obj, costs, g = _models(2)
+    X = torch.rand(6, 1, 4, generator=g, dtype=DTYPE, requires_grad=True)
+    inc = torch.tensor([[True, True], [False, True], [False, False]] * 2)
+    load = torch.full((6,), 0.3, dtype=DTYPE)
+    base = normal_base_samples(64, 2, seed=0)
+    acq = CostCooledLogEI(obj, 0.0, costs, 1.0, inc, load, base)
+    mu_all, sd_all = (t.detach() for t in acq.cost_moments(X))
+    mu, sd = (t.detach() for t in acq.cost_moments(X, paid_only=True))
+    assert torch.allclose(mu[inc], mu_all[inc]) and torch.allclose(sd[inc], sd_all[inc])
+    assert float(mu[~inc].abs().max()) == 0.0 and float(sd[~inc].abs().max()) == 0.0
+    # The expected inverse cost is the one computed from every component's moments.
+    full = log_expected_inverse_cost(mu_all, sd_all, inc, load, base)
+    assert torch.allclose(acq.log_inverse_cost(X).detach(), full)
+    assert torch.allclose(full[2::3].exp(), 1 / load[2::3])  # nothing paid: the load only
+    acq.log_inverse_cost(X).sum().backward()
+    assert X.grad is not None and float(X.grad[0].abs().sum()) > 0.0

@@ -154,3 +154,19 @@ def test_worst_mean_predicts_the_worst_value_far_from_the_data() -> None:
     assert abs(float(m[0]) - float(y.min())) < 1e-6
     with pytest.raises(ValueError, match="mean"):
         fit_surrogate(X, y, mean="best")
+
+
+def test_prediction_matches_gpytorch_posterior_with_and_without_the_training_side_cache() -> None:
+    X, y = _data(25)
+    gp = fit_surrogate(X, y, groups=[[0], [1, 2]])
+    assert gp.model is not None
+    Xq = torch.rand(7, 3, generator=torch.Generator().manual_seed(3), dtype=DTYPE)
+    with torch.no_grad():
+        post = gp.model.posterior(Xq)
+        ref_mean = post.mean.reshape(-1) * gp.y_std + gp.y_mean
+        ref_std = post.variance.reshape(-1).sqrt() * gp.y_std
+    for _ in range(2):  # the second call reads the cached training side
+        mean, std = gp.predict(Xq)
+        assert torch.allclose(mean, ref_mean, atol=1e-6)
+        assert torch.allclose(std, ref_std, atol=1e-6)
+    assert gp._train_side is not None

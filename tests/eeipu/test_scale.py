@@ -145,3 +145,65 @@ def test_random_search_never_repeats_a_configuration_of_history_or_pending(
         cid = config_id(space, Pending(params=c.params))
         assert cid not in seen
         seen.add(cid)
+
+
+def test_cost_gps_hold_a_few_rows_per_input_column(space: SearchSpace) -> None:
+    from eeipu.surrogates import COST_ROWS_PER_COLUMN
+
+    hist = toy_history(space, 200)
+    sur = Surrogates(
+        space, "stages", 0.1, stage_additive=True, objective_noise=None, max_points=1000
+    )
+    costs = sur.costs(hist)
+    for gp, sl in costs:
+        cols = sl.stop - sl.start
+        assert gp.train_X.shape[0] <= max(64, COST_ROWS_PER_COLUMN * cols)
+    X = torch.tensor([space.encode(o.params) for o in hist], dtype=DTYPE)
+    y = torch.tensor([float(o.value or 0.0) for o in hist], dtype=DTYPE)
+    assert sur.objective(X, y).train_X.shape[0] == 200  # the objective GP keeps every row
+    exact = Surrogates(space, "stages", 0.1, stage_additive=True, objective_noise=None)
+    assert all(gp.train_X.shape[0] == 200 for gp, _ in exact.costs(hist))  # max_points None
+
+
+def test_encodings_and_prefix_ids_are_memoized_per_observation(space: SearchSpace) -> None:
+    from eeipu.base import encoded, observed_prefix_ids, prefix_ids
+
+    o = toy_history(space, 1)[0]
+    assert encoded(space, o) == space.encode(o.params)
+    assert encoded(space, o) == space.encode(o.params)  # from the memo
+    other = SearchSpace(
+        [(s, {sp.name: sp.param for sp in space.specs if sp.stage == s}) for s in space.stage_names]
+    )
+    assert encoded(other, o) == other.encode(o.params)  # another space object: recomputed
+    assert observed_prefix_ids(space, o) == prefix_ids(space, o.params)
+    ids = observed_prefix_ids(space, o)
+    ids.append("x")  # a caller's copy: the memo is not changed
+    assert observed_prefix_ids(space, o) == prefix_ids(space, o.params)
+
+
+def test_prefix_memo_gives_the_same_ids_for_kept_and_rebuilt_prefix_objects(
+    space: SearchSpace,
+) -> None:
+    from eeipu.base import CachedPrefix, prefix_id
+    from eeipu.prefixes import PrefixMemo
+
+    hist = toy_history(space, 6)
+    kept = [
+        CachedPrefix(d, {s: hist[i].params[s] for s in space.stage_names[:d]}, 0.1)
+        for i in range(6)
+        for d in (1, 2)
+    ]
+    memo = PrefixMemo()
+    for _ in range(2):  # the second round by identity
+        memo.start()
+        assert [memo.pid(space, c) for c in kept] == [
+            prefix_id(space, c.params, c.depth) for c in kept
+        ]
+        memo.finish()
+    rebuilt = [CachedPrefix(c.depth, {s: dict(v) for s, v in c.params.items()}, 0.1) for c in kept]
+    memo.start()
+    assert [memo.pid(space, c) for c in rebuilt] == [
+        prefix_id(space, c.params, c.depth) for c in kept
+    ]
+    memo.finish()
+    assert memo.pid(space, CachedPrefix(2, {"prep": hist[0].params["prep"]}, 0.1)) is None
