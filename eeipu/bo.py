@@ -104,8 +104,8 @@ class CostAwareBO(Optimizer):
         max_points: most observations the objective GP is conditioned on (``None``: all,
             exact but cubic in the history's size); beyond it a subset: the best, the
             latest and a spread of the rest. Cost GPs hold half as many (each distinct
-            input once, at most 50 rows per input column), and hyperparameters are fitted on a quarter as many
-            (``eeipu.surrogates.Surrogates``).
+            input once, at most 50 rows per input column), and hyperparameters are
+            fitted on a quarter as many (``eeipu.surrogates.Surrogates``).
 
     Options that were removed (``eeipu.options.REMOVED_OPTIONS``) raise ``ValueError``.
     """

@@ -170,3 +170,35 @@ def test_prediction_matches_gpytorch_posterior_with_and_without_the_training_sid
         assert torch.allclose(mean, ref_mean, atol=1e-6)
         assert torch.allclose(std, ref_std, atol=1e-6)
     assert gp._train_side is not None
+
+
+def test_a_gp_between_refits_reuses_its_model_and_predicts_as_a_fresh_build() -> None:
+    X, y = _data(30)
+    first = fit_surrogate(X[:25], y[:25], groups=[[0], [1, 2]])
+    again = fit_surrogate(X[:26], y[:26], first.state, groups=[[0], [1, 2]])  # no refit
+    assert again.state is first.state and again.model is first.model
+    fresh = fit_surrogate(
+        X[:26], y[:26], FitState(first.state.n_fit, first.state.hypers), groups=[[0], [1, 2]]
+    )
+    assert fresh.model is not first.model
+    for a, b in zip(again.predict(X[26:]), fresh.predict(X[26:]), strict=True):
+        assert torch.allclose(a, b, atol=1e-10)
+    other = fit_surrogate(X[:27], y[:27], first.state)  # another kernel: built anew
+    assert other.model is not first.model
+
+
+def test_in_place_and_batched_kernels_match_the_plain_one() -> None:
+    from eeipu.models import _terms_matrix
+
+    X, y = _data(40)
+    gp = fit_surrogate(X, y, groups=[[0], [1, 2]])
+    Xq = torch.rand(9, 3, generator=torch.Generator().manual_seed(5), dtype=DTYPE)
+    gp.predict(Xq)  # builds the terms and the training side
+    assert gp._terms is not None and gp._train_side is not None
+    plain = _terms_matrix(gp._terms, Xq.requires_grad_(True), gp.train_X)  # per term
+    with torch.no_grad():
+        in_place = _terms_matrix(gp._terms, Xq, gp.train_X)
+    batched = _terms_matrix(gp._terms, Xq, gp.train_X, x2_side=gp._train_side)
+    assert torch.allclose(plain, in_place, atol=1e-12) and torch.allclose(plain, batched)
+    batched.sum().backward()
+    assert Xq.grad is not None and float(Xq.grad.abs().sum()) > 0
