@@ -58,6 +58,7 @@ from eeipu.warp import objective_targets
 __all__ = ["EEIPU", "EI", "EIPU", "CArBO", "CostAwareBO", "PrefixPlan"]
 
 N_BEST = 5  # best configurations the local raw candidates perturb
+N_ROUNDED = 256  # most candidate rows rounded and scored again (at least 8 per pick)
 
 
 @contextlib.contextmanager
@@ -298,9 +299,14 @@ class CostAwareBO(Optimizer):
             believer = objective.with_fantasies(
                 torch.tensor([space.encode(p.params) for p in pending], dtype=DTYPE)
             )
-        X_all, plan_index = refine(
+        X_all, plan_index, scores = refine(
             acquisition, believer, X_raw, raw_plan_index, len(plans), opts.restarts, opts.maxiter
         )
+        # Only the most promising rows are rounded and scored again: the pick is among
+        # them (rounding moves a row's value little), and a pool of many prefixes would
+        # otherwise spend a fifth of the proposal on rows that cannot win.
+        keep = scores.argsort(descending=True)[: max(N_ROUNDED, 8 * n)].sort().values
+        X_all, plan_index = X_all[keep], plan_index[keep]
 
         # Round to canonical values (pinned stages copied exactly), then score the rounding.
         configurations = round_to_canonical(space, X_all, plan_index, plans)

@@ -191,7 +191,7 @@ def refine(
     n_pools: int,
     restarts: int,
     maxiter: int,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Refine the best raw rows by one batched L-BFGS-B run.
 
     The starting points are the ``restarts`` best raw rows of each plan and the
@@ -207,7 +207,8 @@ def refine(
         maxiter: L-BFGS-B iterations.
 
     Returns:
-        The refined rows followed by the raw rows (``(R + N) x d``) and their plans.
+        The refined rows followed by the raw rows (``(R + N) x d``), their plans and their
+        acquisition values before rounding (``R + N``).
     """
     raw_scores = acquisition(model, plan_index)(X_raw.unsqueeze(1))
     starts: list[int] = []
@@ -218,7 +219,7 @@ def refine(
     starts += raw_scores.argsort(descending=True)[: 2 * restarts].tolist()
     start_index = torch.tensor(sorted(set(starts)))
     with torch.enable_grad():
-        X_refined, _ = gen_candidates_scipy(
+        X_refined, refined_scores = gen_candidates_scipy(
             X_raw[start_index].unsqueeze(1),
             acquisition(model, plan_index[start_index]),
             lower_bounds=0.0,
@@ -227,7 +228,8 @@ def refine(
             use_parallel_mode=False,
         )
     X_all = torch.cat([X_refined.squeeze(1).detach(), X_raw])
-    return X_all, torch.cat([plan_index[start_index], plan_index])
+    scores = torch.cat([refined_scores.detach().reshape(-1), raw_scores])
+    return X_all, torch.cat([plan_index[start_index], plan_index]), scores
 
 
 def round_to_canonical(

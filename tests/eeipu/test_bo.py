@@ -300,3 +300,23 @@ def test_removed_options_name_the_valid_ones(space: SearchSpace, name: str, kwar
     assert "docs/research.md" in message
     for valid in ("n_warmup", "mc_samples", "max_prefixes", "raw_samples", "eta", "kernel"):
         assert valid in message.split("valid options:")[1]
+
+
+def test_only_the_best_rows_are_rounded_and_the_pick_is_the_same(
+    space: SearchSpace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import eeipu.bo
+
+    hist = toy_history(space, 30)
+    cached = _cached(space, hist)
+    budget = BudgetState(1000.0, 60.0, 20.0)
+    opts = {**FAST, "raw_samples": 64}
+    monkeypatch.setattr(eeipu.bo, "N_ROUNDED", 24)
+    few = make_optimizer("eeipu", space, seed=3, n_warmup=5, **opts)
+    pick = few.ask(1, hist, cached=cached, budget=budget)[0]
+    assert isinstance(few, EEIPU) and few.last_info["n_rows"] == 24
+    monkeypatch.setattr(eeipu.bo, "N_ROUNDED", 10**6)
+    every = make_optimizer("eeipu", space, seed=3, n_warmup=5, **opts)
+    same = every.ask(1, hist, cached=cached, budget=budget)[0]
+    assert isinstance(every, EEIPU) and every.last_info["n_rows"] > 64
+    assert pick.params == same.params and pick.reuse_depth == same.reuse_depth
