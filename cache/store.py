@@ -52,6 +52,7 @@ DEFAULT_READ_BANDWIDTH = 1.0e9  # bytes/s, used until loads have been measured
 LOAD_OVERHEAD_S = 1e-3
 DEFAULT_LEASE_TTL = 120.0  # seconds; holders refresh their leases every quarter of this
 _PROBE = bytes(4096)
+_NO_STATS = (-1, -1.0)  # a listing's stamp for an entry that has no stats file yet
 
 
 def describe_os_error(e: OSError) -> str:
@@ -173,6 +174,9 @@ class StageCache:
         # Headers are immutable for a key (same key, same bytes), so listing can skip re-reading
         # them; presence is always taken from the backend's listing, never from this memo.
         self._headers: dict[str, dict[str, Any]] = {}
+        # Each entry's stats (hits, last use, load time) with the (size, mtime) of the file
+        # they were read from: a listing of the stats folder says which changed since.
+        self._stats_memo: dict[str, tuple[tuple[int, float], dict[str, Any]]] = {}
         # Lease files this process holds, refreshed by one background thread while any exist.
         self._held: set[str] = set()
         self._held_lock = threading.Lock()
@@ -236,14 +240,17 @@ class StageCache:
     def contains(self, key: str) -> bool:
         return self.backend.exists(self._obj(key))
 
-    def info(self, key: str, listed: bool = False) -> EntryInfo | None:
+    def info(
+        self, key: str, listed: bool = False, stats_stamp: tuple[int, float] | None = None
+    ) -> EntryInfo | None:
         """Metadata of one entry (header only, nothing unpickled), or None if absent/corrupt.
 
         ``listed=True`` means the caller has just seen the file in a listing, so a memoised
-        header may be used instead of opening it again."""
+        header may be used instead of opening it again; ``stats_stamp``: the (size, mtime)
+        the same listing gave the entry's stats file, so memoised stats may be used too."""
         rel = self._obj(key)
         if listed and key in self._headers:
-            return self._info_from(self._headers[key], key)
+            return self._info_from(self._headers[key], key, self._listed_stats(key, stats_stamp))
         try:
             with self.backend.open_read(rel) as f:
                 header, _ = fmt.read_header(f, self._secret, key)
@@ -253,7 +260,7 @@ class StageCache:
             self._drop_corrupt(key, str(e))
             return None
         self._headers[key] = header
-        return self._info_from(header, key)
+        return self._info_from(header, key, self._listed_stats(key, stats_stamp))
 
     def _info_from(
         self, header: Mapping[str, Any], key: str, stats: Mapping[str, Any] | None = None
@@ -275,6 +282,20 @@ class StageCache:
             load_seconds=st.get("load_seconds"),
             extra=dict(m.get("extra", {})),
         )
+
+    def _listed_stats(self, key: str, stamp: tuple[int, float] | None) -> dict[str, Any] | None:
+        """The stats of ``key`` from the memo when the listing's ``stamp`` matches it
+        (``None``: read them)."""
+        if stamp is None:
+            return None
+        if stamp == _NO_STATS:
+            return {}
+        memo = self._stats_memo.get(key)
+        if memo is not None and memo[0] == stamp:
+            return memo[1]
+        st = self._read_stats(key)
+        self._stats_memo[key] = (stamp, st)
+        return st
 
     def _read_stats(self, key: str) -> dict[str, Any]:
         try:
@@ -542,9 +563,12 @@ class StageCache:
         return out
 
     def entries(self) -> list[EntryInfo]:
+        """Every entry's metadata. A study lists the cache at every proposal: headers and
+        stats are read once and again only when their files changed (one listing each)."""
+        stamps = {rel: (size, mtime) for rel, size, mtime in self.backend.list("stats")}
         out = []
         for k in self.keys():
-            i = self.info(k, listed=True)
+            i = self.info(k, listed=True, stats_stamp=stamps.get(self._stats(k), _NO_STATS))
             if i is not None:
                 out.append(i)
         return out

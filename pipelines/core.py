@@ -419,7 +419,9 @@ class Pipeline:
             nxt = []
             for parent, params, saved in frontier:
                 for e in by_parent.get((parent, stage.name), []):
-                    if self.keys_prefix({**params, stage.name: e.params}, d, seed) != e.key:
+                    # ``parent`` is the checked key of the first d - 1 stages, so this is
+                    # ``keys_prefix`` of the whole prefix, one stage key instead of d.
+                    if stage_key(stage.name, stage.version, e.params, parent) != e.key:
                         continue  # another version of the stage, or params not canonical
                     pp = {**params, stage.name: dict(e.params)}
                     total = saved + e.compute_cost

@@ -346,3 +346,31 @@ def test_appended_bytes_are_corruption(cache: StageCache, loc: str) -> None:
     path = _root(loc) / cache._obj(K("a"))
     path.write_bytes(path.read_bytes() + b"\0")
     assert cache.get(K("a")) is None
+
+
+def test_entries_read_stats_again_only_when_their_file_changed(
+    cache: StageCache, loc: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(4):
+        cache.put(K(f"s{i}"), i)
+    cache.get(K("s1"))  # a hit writes the entry's stats
+    reads: list[str] = []
+    original = cache._read_stats
+
+    def counting(key: str) -> dict:
+        reads.append(key)
+        return original(key)
+
+    monkeypatch.setattr(cache, "_read_stats", counting)
+    first = {e.key: e.hits for e in cache.entries()}
+    assert first[K("s1")] == 1 and first[K("s0")] == 0
+    assert reads == [K("s1")]  # entries without a stats file read none
+    reads.clear()
+    assert {e.key: e.hits for e in cache.entries()} == first and reads == []  # the memo
+    time.sleep(0.01)  # a later mtime even on a coarse clock
+    cache.get(K("s1"))
+    cache.get(K("s2"))
+    reads.clear()
+    again = {e.key: e.hits for e in cache.entries()}
+    assert again[K("s1")] == 2 and again[K("s2")] == 1
+    assert sorted(reads) == sorted([K("s1"), K("s2")])
