@@ -364,6 +364,11 @@ def _report(args: argparse.Namespace, res: TuneResult) -> None:
         f"cost {out['cost_spent']:.3f}s of {res.budget:.3f}s "
         f"(overshoot {out['overshoot']:.3f}s), stopped: {out['stop_reason']}"
     )
+    print(
+        f"wall {out['wall_seconds']:.1f}s: stages {out['compute_seconds']:.1f}s, proposals "
+        f"{out['proposal_seconds']:.1f}s"
+        + ("" if out["count_proposal_time"] else " (proposals not in the budget)")
+    )
     print(f"best {out['objective']} = {out['best_value']} (trial {out['best_trial']})")
     for stage, params in (out["best_params"] or {}).items():
         print(f"  {stage}: {params}")

@@ -200,6 +200,8 @@ def test_tune_prints_a_verdict_with_references_bands_and_cache_savings(
     assert "verdict: the best configuration FAILS the retrain criteria" in out
     assert "outside the band: forget_auc" in out
     assert "cache: 3 of 4 trials reused cached stages, saving 4.5s of stage compute" in out
+    wall = next(line for line in out.splitlines() if line.startswith("wall "))
+    assert "stages " in wall and "proposals " in wall  # wall time next to what it paid for
     # the progress display names the trial and the stage in hand, and the reuse count
     err = captured.err
     assert "trial 1: prep..." in err and "trial 1: judge done" in err
