@@ -239,11 +239,8 @@ def _terms_matrix(
     one batched product (``T x m x n``): a proposal's many small predictions are then a few
     large tensor operations instead of about ten per term, which dominated their cost.
     """
-    if diag:
-        return sum(
-            (sc * torch.ones(x1.shape[0], dtype=x1.dtype) for _, _, sc in terms),
-            start=torch.zeros(x1.shape[0], dtype=x1.dtype),
-        )
+    if diag:  # every RBF term is its scale on the diagonal
+        return sum(sc for _, _, sc in terms) * torch.ones(x1.shape[0], dtype=x1.dtype)
     if x2_side is not None and len(terms) * x1.shape[0] * x2.shape[0] <= BATCHED_TERMS_MAX:
         a = x1.unsqueeze(0) * x2_side.weights.unsqueeze(1)  # T x m x d
         d2 = (a * a).sum(-1, keepdim=True) - 2 * torch.bmm(a, x2_side.scaled_T) + x2_side.norms
